@@ -1,0 +1,378 @@
+//! The zero-trust check every request goes through, free of HTTP types: authenticate the
+//! principal, build the context, decide by policy, mint (or reuse) the twin credential and
+//! record the decision. `http` calls [`Gateway::authorize`] from the proxy, forward-auth and
+//! token-exchange endpoints alike, so all three decide the same way.
+
+pub mod startup;
+pub mod tokens;
+
+use crate::audit::{self, AuditEvent, AuditSink};
+use crate::clock::{Clock, Timestamp};
+use crate::config::Config;
+use crate::credentials::mint::MintError;
+use crate::credentials::{Credential, CredentialRequest, Minter};
+use crate::identity::pseudonym::Pseudonymizer;
+use crate::metrics::{Metrics, Outcome};
+use crate::policy::context::{AuthMethod, RequestInfo, TimeContext};
+use crate::policy::{Action, Engine, RequestContext};
+use crate::routing::{Route, RouteTable};
+use crate::signals::network::NetworkSignals;
+use crate::storage::Store;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokens::{AuthError, TokenAuthenticator};
+
+/// Everything the gateway needs at run time, built once at start.
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub routes: RouteTable,
+    pub engine: Arc<Engine>,
+    pub tokens: TokenAuthenticator,
+    pub minter: Minter,
+    pub audit: AuditSink,
+    pub network: NetworkSignals,
+    pub clock: Arc<dyn Clock>,
+    pub pseudonyms: Pseudonymizer,
+    pub metrics: Metrics,
+    pub store: Arc<dyn Store>,
+}
+
+/// One request to decide.
+#[derive(Debug)]
+pub struct AccessRequest<'a> {
+    pub route: &'a Arc<Route>,
+    pub method: &'a str,
+    /// The normalized path: what policy sees and what the upstream receives.
+    pub path: &'a str,
+    pub bearer: Option<&'a str>,
+    pub client_ip: IpAddr,
+    pub purpose: Option<&'a str>,
+}
+
+/// An allowed request.
+#[derive(Debug)]
+pub struct Grant {
+    pub decision_id: String,
+    pub credential: Arc<Credential>,
+    pub action: Action,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Unauthenticated(AuthError),
+    /// Policy denied (or the token is not scoped to this twin).
+    Denied {
+        reason: String,
+    },
+    /// A dependency (storage, signing) failed; fail closed.
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub struct Refused {
+    pub decision_id: String,
+    pub refusal: Refusal,
+}
+
+impl Gateway {
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Authenticates, decides and mints. Every outcome is audited with its decision id.
+    pub async fn authorize(&self, req: &AccessRequest<'_>) -> Result<Grant, Refused> {
+        let started = std::time::Instant::now();
+        let now = self.clock.now();
+        let decision_id = audit::new_id();
+        let route = &req.route.config;
+        let action = Action::from_method(req.method);
+        let mut event = AuditEvent::new("access", "deny", now);
+        event.event_id = decision_id.clone();
+        event.route = Some(route.name.clone());
+        event.action = Some(action.name().to_owned());
+        event.detail = serde_json::json!({
+            "method": req.method,
+            "path": req.path,
+            "client_ip": req.client_ip.to_string(),
+            "twin": route.twin,
+            "purpose": req.purpose,
+        });
+
+        let refuse = |event: AuditEvent, refusal: Refusal| async {
+            self.metrics
+                .decisions
+                .get_or_create(&Outcome {
+                    outcome: refusal_label(&refusal),
+                })
+                .inc();
+            self.audit.record(event).await;
+            Err(Refused {
+                decision_id: decision_id.clone(),
+                refusal,
+            })
+        };
+
+        let token = match self
+            .authenticate(req.bearer, &route.twin, now, &mut event)
+            .await
+        {
+            Ok(t) => t,
+            Err(r) => return refuse(event, r).await,
+        };
+        let ctx = self.context(req, now);
+
+        let loaded = self.engine.current();
+        let decision = loaded.decide(&token.principal, action, &route.twin, &ctx);
+        self.metrics
+            .decision_seconds
+            .observe(started.elapsed().as_secs_f64());
+        event.policies = decision.determining.clone();
+        if !decision.errors.is_empty() {
+            if let Some(d) = event.detail.as_object_mut() {
+                d.insert("errors".into(), decision.errors.clone().into());
+            }
+        }
+        if !decision.allow {
+            let reason = "denied by policy".to_owned();
+            set_reason(&mut event, &reason);
+            return refuse(event, Refusal::Denied { reason }).await;
+        }
+
+        let roles = &token.record.roles;
+        let creq = CredentialRequest {
+            cache_key: &token.cache_key,
+            subject: &token.pseudonym,
+            audience: &route.name,
+            twin: &route.twin,
+            roles,
+            amr: &["api_token"],
+            generation: decision.generation,
+            not_after: Some(Timestamp::from_unix_secs(token.record.expires_at)),
+        };
+        // The credential's scope lists every action policy allows here now; computed only
+        // when a credential is minted.
+        let scope = || {
+            Action::ALL
+                .iter()
+                .filter(|a| **a != Action::Admin)
+                .filter(|a| {
+                    **a == action
+                        || loaded
+                            .decide(&token.principal, **a, &route.twin, &ctx)
+                            .allow
+                })
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let (credential, minted) = match self.minter.get_or_mint(&creq, action.name(), now, scope) {
+            Ok(c) => c,
+            Err(e) => {
+                let e: MintError = e;
+                tracing::error!(error = %e, decision_id = %decision_id, "credential signing failed");
+                event.outcome = "error";
+                set_reason(&mut event, "credential signing failed");
+                return refuse(event, Refusal::Unavailable).await;
+            }
+        };
+        event.outcome = "allow";
+        if minted {
+            self.metrics.credentials_minted.inc();
+            let mut m = AuditEvent::new("credential.mint", "ok", now);
+            m.actor = event.actor.clone();
+            m.actor_pseudonym = event.actor_pseudonym.clone();
+            m.route = event.route.clone();
+            m.detail = serde_json::json!({
+                "jti": credential.jti,
+                "kid": credential.kid,
+                "scope": credential.scope,
+                "expires_at": credential.expires_at.unix_secs(),
+                "decision_id": decision_id,
+            });
+            self.audit.record(m).await;
+        }
+        self.metrics
+            .decisions
+            .get_or_create(&Outcome { outcome: "allow" })
+            .inc();
+        self.audit.record(event).await;
+        Ok(Grant {
+            decision_id,
+            credential,
+            action,
+        })
+    }
+}
+
+impl Gateway {
+    /// Authenticates the bearer for a request to `twin`, noting the actor and any refusal
+    /// reason on `event`. The outer `Err` is a refusal known without storage.
+    async fn authenticate(
+        &self,
+        bearer: Option<&str>,
+        twin: &str,
+        now: Timestamp,
+        event: &mut AuditEvent,
+    ) -> Result<Arc<tokens::AuthenticatedToken>, Refusal> {
+        let Some(bearer) = bearer else {
+            set_reason(event, "no credentials");
+            return Err(Refusal::Unauthenticated(AuthError::Missing));
+        };
+        {
+            let token = match self.tokens.authenticate(bearer, now).await {
+                Ok(t) => t,
+                Err(AuthError::Unavailable) => {
+                    self.metrics.store_errors.inc();
+                    event.outcome = "error";
+                    set_reason(event, "token store unavailable");
+                    return Err(Refusal::Unavailable);
+                }
+                Err(e) => {
+                    set_reason(event, &e.to_string());
+                    return Err(Refusal::Unauthenticated(e));
+                }
+            };
+            event.actor = Some(token.record.service_account.clone());
+            event.actor_pseudonym = Some(token.pseudonym.clone());
+            if let Some(d) = event.detail.as_object_mut() {
+                d.insert("token_id".into(), token.record.id.clone().into());
+            }
+            if !token.record.twins.is_empty() && !token.record.twins.iter().any(|t| t == twin) {
+                let reason = format!("token is not scoped to twin {twin:?}");
+                set_reason(event, &reason);
+                return Err(Refusal::Denied { reason });
+            }
+            Ok(token)
+        }
+    }
+
+    fn context(&self, req: &AccessRequest<'_>, now: Timestamp) -> RequestContext {
+        let mut ctx = RequestContext::new(
+            AuthMethod::ApiToken,
+            req.client_ip,
+            TimeContext::at(now, &self.config.location.timezone),
+            RequestInfo {
+                method: req.method.to_owned(),
+                path: req.path.to_owned(),
+            },
+        );
+        ctx.network.zone = self.network.zone(req.client_ip).to_owned();
+        ctx.purpose = req.purpose.map(str::to_owned);
+        ctx
+    }
+
+    /// RFC 8693 exchange: an API token for a fresh credential for `route`, scoped to the
+    /// actions policy allows there now (read as a GET, write as a POST of the route prefix).
+    pub async fn exchange(
+        &self,
+        bearer: &str,
+        route: &Arc<Route>,
+        client_ip: IpAddr,
+        purpose: Option<&str>,
+    ) -> Result<Arc<Credential>, Refused> {
+        let now = self.clock.now();
+        let decision_id = audit::new_id();
+        let cfg = &route.config;
+        let mut event = AuditEvent::new("token.exchange", "deny", now);
+        event.event_id = decision_id.clone();
+        event.route = Some(cfg.name.clone());
+        event.detail = serde_json::json!({ "client_ip": client_ip.to_string(), "twin": cfg.twin, "purpose": purpose });
+        let token = match self
+            .authenticate(Some(bearer), &cfg.twin, now, &mut event)
+            .await
+        {
+            Ok(t) => t,
+            Err(refusal) => {
+                self.audit.record(event).await;
+                return Err(Refused {
+                    decision_id,
+                    refusal,
+                });
+            }
+        };
+        let loaded = self.engine.current();
+        let mut allowed = Vec::new();
+        let mut policies = Vec::new();
+        for (action, method) in [(Action::Read, "GET"), (Action::Write, "POST")] {
+            let req = AccessRequest {
+                route,
+                method,
+                path: &cfg.path_prefix,
+                bearer: None,
+                client_ip,
+                purpose,
+            };
+            let d = loaded.decide(
+                &token.principal,
+                action,
+                &cfg.twin,
+                &self.context(&req, now),
+            );
+            if d.allow {
+                allowed.push(action.name());
+            }
+            policies.extend(d.determining);
+        }
+        policies.sort();
+        policies.dedup();
+        event.policies = policies;
+        if allowed.is_empty() {
+            set_reason(&mut event, "policy allows no action on this route");
+            self.audit.record(event).await;
+            return Err(Refused {
+                decision_id,
+                refusal: Refusal::Denied {
+                    reason: "policy allows no action on this route".into(),
+                },
+            });
+        }
+        let creq = CredentialRequest {
+            cache_key: &token.cache_key,
+            subject: &token.pseudonym,
+            audience: &cfg.name,
+            twin: &cfg.twin,
+            roles: &token.record.roles,
+            amr: &["api_token"],
+            generation: loaded.generation,
+            not_after: Some(Timestamp::from_unix_secs(token.record.expires_at)),
+        };
+        let scope = allowed.join(" ");
+        match self.minter.mint(&creq, &scope, now) {
+            Ok(c) => {
+                self.metrics.credentials_minted.inc();
+                event.outcome = "allow";
+                if let Some(d) = event.detail.as_object_mut() {
+                    d.insert("jti".into(), c.jti.clone().into());
+                    d.insert("scope".into(), scope.into());
+                    d.insert("expires_at".into(), c.expires_at.unix_secs().into());
+                }
+                self.audit.record(event).await;
+                Ok(Arc::new(c))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, decision_id = %decision_id, "credential signing failed");
+                event.outcome = "error";
+                self.audit.record(event).await;
+                Err(Refused {
+                    decision_id,
+                    refusal: Refusal::Unavailable,
+                })
+            }
+        }
+    }
+}
+
+fn set_reason(event: &mut AuditEvent, reason: &str) {
+    if let Some(d) = event.detail.as_object_mut() {
+        d.insert("reason".into(), reason.into());
+    }
+}
+
+fn refusal_label(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::Unauthenticated(_) => "unauthenticated",
+        Refusal::Denied { .. } => "deny",
+        Refusal::Unavailable => "error",
+    }
+}

@@ -1,0 +1,133 @@
+//! Building a [`Gateway`] from a validated config: storage, keys, pseudonym key, policy.
+
+use super::tokens::TokenAuthenticator;
+use super::Gateway;
+use crate::audit::AuditSink;
+use crate::clock::Clock;
+use crate::config::secret::{Secret, SecretError};
+use crate::config::Config;
+use crate::credentials::keys::{self, KeyStoreError};
+use crate::credentials::Minter;
+use crate::identity::pseudonym::{Pseudonymizer, WeakKey};
+use crate::metrics::Metrics;
+use crate::policy::engine::TwinSpec;
+use crate::policy::{Engine, PolicyError};
+use crate::routing::RouteTable;
+use crate::signals::network::NetworkSignals;
+use crate::storage::{self, StorageError};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("signing keys: {0}")]
+    Keys(#[from] KeyStoreError),
+    #[error("pseudonym key: {0}")]
+    Secret(#[from] SecretError),
+    #[error("pseudonym key: {0}")]
+    WeakKey(#[from] WeakKey),
+    #[error("pseudonym key file {path}: {message}")]
+    PseudonymFile { path: String, message: String },
+    #[error("policy:\n{0}")]
+    Policy(#[from] PolicyError),
+}
+
+/// The generated pseudonym key's file name inside the keys directory.
+pub const PSEUDONYM_KEY_FILE: &str = "pseudonym.key";
+
+/// Reads the configured pseudonym key, or the generated one (creating it on first run).
+pub fn pseudonym_key(config: &Config, create: bool) -> Result<Secret, StartError> {
+    if let Some(r) = &config.identity.pseudonym_key {
+        return Ok(r.load()?);
+    }
+    let dir = &config.credentials.keys_dir;
+    let path = dir.join(PSEUDONYM_KEY_FILE);
+    let err = |m: String| StartError::PseudonymFile {
+        path: path.display().to_string(),
+        message: m,
+    };
+    if !path.exists() {
+        if !create {
+            return Err(err(
+                "missing (run `twinward serve` once, or set identity.pseudonym_key_file)".into(),
+            ));
+        }
+        keys::ensure_dir(dir)?;
+        let mut key = [0u8; 32];
+        rand::fill(&mut key);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| err(e.to_string()))?;
+        f.write_all(hex::encode(key).as_bytes())
+            .map_err(|e| err(e.to_string()))?;
+    }
+    check_private(&path).map_err(err)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+    let bytes = hex::decode(text.trim()).map_err(|_| err("not hex".into()))?;
+    Ok(Secret::new(bytes))
+}
+
+fn check_private(path: &Path) -> Result<(), String> {
+    let mode = std::fs::metadata(path)
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "readable by group or others (mode {mode:o}); run chmod 600 {}",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+impl Gateway {
+    /// Opens storage, loads (or creates) keys, loads policy, and starts the audit writer.
+    pub async fn start(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Arc<Gateway>, tokio::task::JoinHandle<()>), StartError> {
+        let now = clock.now();
+        let store = storage::open(&config.storage.url).await?;
+        let ring = keys::load(
+            &config.credentials.keys_dir,
+            config.credentials.algorithm,
+            config.credentials.rotation_overlap,
+            now,
+            true,
+        )?;
+        let pseudonyms = Pseudonymizer::new(&pseudonym_key(&config, true)?)?;
+        let twins = TwinSpec::from_routes(&config.routes, "twinward.toml");
+        let engine = Arc::new(Engine::load(&config.policy.dir, twins)?);
+        let (audit, audit_task) = AuditSink::start(store.clone());
+        let gw = Gateway {
+            routes: RouteTable::new(&config.routes),
+            tokens: TokenAuthenticator::new(store.clone(), pseudonyms.clone()),
+            minter: Minter::new(
+                config.credentials.issuer.clone(),
+                config.credentials.ttl,
+                ring,
+            ),
+            network: NetworkSignals::new(
+                config.server.trusted_proxies.clone(),
+                config.location.zones.clone(),
+            ),
+            config: Arc::new(config),
+            engine,
+            audit,
+            clock,
+            pseudonyms,
+            metrics: Metrics::new(),
+            store,
+        };
+        Ok((Arc::new(gw), audit_task))
+    }
+}

@@ -1,0 +1,134 @@
+//! The file schema of `twinward.toml`, exactly as admins write it. Unknown keys are errors.
+//! [`super::load`] turns this into a validated [`super::Config`].
+
+use super::duration::HumanDuration;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub storage: StorageFile,
+    #[serde(default)]
+    pub credentials: CredentialsFile,
+    #[serde(default)]
+    pub identity: IdentityFile,
+    #[serde(default)]
+    pub policy: PolicyFile,
+    #[serde(default)]
+    pub location: LocationFile,
+    #[serde(default)]
+    pub api_tokens: ApiTokensFile,
+    #[serde(default)]
+    pub audit: AuditFile,
+    #[serde(default)]
+    pub log: LogFile,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<Spanned<String>>,
+    pub admin_listen: Option<Spanned<String>>,
+    pub public_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub production_hosts: Vec<Spanned<String>>,
+    pub tls: Option<Spanned<TlsFile>>,
+    /// Worker threads; defaults to the number of cores.
+    pub workers: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFile {
+    pub url: Option<Spanned<String>>,
+    pub url_env: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsFile {
+    pub issuer: Option<Spanned<String>>,
+    pub ttl: Option<Spanned<HumanDuration>>,
+    pub max_ttl: Option<Spanned<HumanDuration>>,
+    pub algorithm: Option<Spanned<String>>,
+    pub keys_dir: Option<Spanned<String>>,
+    /// How long a rotated-out key stays in the JWKS.
+    pub rotation_overlap: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    pub pseudonym_key_file: Option<Spanned<String>>,
+    pub pseudonym_key_env: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub dir: Option<Spanned<String>>,
+    /// Watch the directory and reload on change (SIGHUP always reloads).
+    pub watch: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationFile {
+    pub timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    pub zones: BTreeMap<String, Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokensFile {
+    pub max_ttl: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    pub sink: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    pub format: Option<Spanned<String>>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: String,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub upstream: String,
+    pub twin: Option<String>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, toml::Value>,
+    /// `"authorization"` also sends the credential as `Authorization: Bearer`.
+    pub credential_header: Option<String>,
+    pub websocket: Option<bool>,
+    /// Speak HTTP/2 with prior knowledge to a cleartext upstream.
+    pub http2: Option<bool>,
+    pub connect_timeout: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+}

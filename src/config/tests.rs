@@ -1,0 +1,187 @@
+use super::*;
+
+fn parse_str(s: &str) -> Result<Config, ConfigError> {
+    parse(s, "twinward.toml", Path::new("/etc/twinward"))
+}
+
+const ROUTE: &str = r#"
+[[routes]]
+name = "plant-7"
+path_prefix = "/plant-7"
+upstream = "http://127.0.0.1:9000"
+twin = "plant-7"
+attributes = { environment = "twin", site = "plant-7", sensitivity = 2 }
+"#;
+
+#[test]
+fn small_config_gets_defaults() {
+    let c = parse_str(ROUTE).unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.credentials.ttl, Duration::from_secs(300));
+    assert_eq!(c.storage.url, "sqlite:///etc/twinward/twinward.db");
+    assert_eq!(c.policy.dir, PathBuf::from("/etc/twinward/policies"));
+    assert_eq!(c.routes[0].path_prefix, "/plant-7");
+    assert_eq!(c.routes[0].upstream.authority, "127.0.0.1:9000");
+    assert_eq!(c.location.timezone, chrono_tz::UTC);
+}
+
+#[test]
+fn spec_example_parses() {
+    let text = r#"
+[server]
+listen = "0.0.0.0:8443"
+admin_listen = "127.0.0.1:9090"
+public_url = "https://twins.example.com"
+trusted_proxies = ["10.0.0.0/8"]
+production_hosts = ["*.prod.example.com", "erp.example.com"]
+
+[storage]
+url = "sqlite:///var/lib/twinward/twinward.db"
+
+[credentials]
+issuer = "https://twins.example.com"
+ttl = "5m"
+keys_dir = "/var/lib/twinward/keys"
+
+[identity]
+pseudonym_key_file = "/run/secrets/pseudonym_key"
+
+[policy]
+dir = "/etc/twinward/policies"
+
+[location]
+timezone = "Europe/Berlin"
+zones = { plant = ["10.20.0.0/16"], office = ["10.30.0.0/16"] }
+
+[[routes]]
+name = "plant-7-telemetry"
+host = "twins.example.com"
+path_prefix = "/plant-7"
+upstream = "http://10.40.0.7:8080"
+twin = "plant-7"
+attributes = { environment = "twin", site = "plant-7", sensitivity = 2 }
+"#;
+    let c = parse_str(text).unwrap();
+    assert_eq!(c.credentials.issuer, "https://twins.example.com");
+    assert_eq!(c.location.zones.len(), 2);
+    assert_eq!(c.routes[0].host.as_deref(), Some("twins.example.com"));
+}
+
+#[test]
+fn unknown_keys_name_the_key_and_line() {
+    let e = parse_str("[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n").unwrap_err();
+    assert_eq!(e.problems.len(), 1);
+    assert_eq!(e.problems[0].position.map(|p| p.0), Some(3));
+    assert!(
+        e.problems[0].message.contains("lisen"),
+        "{}",
+        e.problems[0].message
+    );
+}
+
+#[test]
+fn every_problem_is_listed_at_once() {
+    let text = r#"
+[server]
+production_hosts = ["*.prod.example.com"]
+trusted_proxies = ["not-a-net"]
+
+[credentials]
+ttl = "2h"
+max_ttl = "1h"
+
+[location]
+timezone = "Mars/Olympus"
+
+[[routes]]
+name = "a"
+upstream = "http://db.prod.example.com:5432"
+twin = "a"
+
+[[routes]]
+name = "b"
+path_prefix = "/x"
+upstream = "http://127.0.0.1:1"
+
+[[routes]]
+name = "c"
+path_prefix = "/x/"
+upstream = "http://127.0.0.1:2"
+twin = "c"
+
+[[routes]]
+name = "d"
+path_prefix = "/x"
+upstream = "http://127.0.0.1:3"
+twin = "d"
+"#;
+    let e = parse_str(text).unwrap_err();
+    let all = e.to_string();
+    for needle in [
+        "not-a-net",
+        "longer than credentials.max_ttl",
+        "Mars/Olympus",
+        "production host",
+        "no twin resource",
+        "overlaps route",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    // Route problems point at the route's line.
+    assert!(
+        e.problems
+            .iter()
+            .any(|p| p.message.contains("production host") && p.position.map(|x| x.0) == Some(13)),
+        "{all}"
+    );
+}
+
+#[test]
+fn production_host_patterns() {
+    let p = HostPattern::parse("*.prod.example.com").unwrap();
+    assert!(p.matches("db.prod.example.com"));
+    assert!(p.matches("A.B.PROD.example.com."));
+    assert!(!p.matches("prod.example.com"));
+    assert!(!p.matches("evilprod.example.com"));
+    let e = HostPattern::parse("erp.example.com").unwrap();
+    assert!(e.matches("ERP.example.com"));
+    assert!(!e.matches("x.erp.example.com"));
+    let t = parse_str(
+        "[server]\nproduction_hosts = [\"erp.example.com\"]\n[[routes]]\nname = \"x\"\nhost = \"ERP.example.com:443\"\nupstream = \"http://127.0.0.1:1\"\ntwin = \"x\"\n",
+    );
+    assert!(t.unwrap_err().to_string().contains("production host"));
+}
+
+#[test]
+fn secrets_are_refs_and_durations_have_units() {
+    assert!(parse_str("[identity]\npseudonym_key = \"inline\"\n")
+        .unwrap_err()
+        .to_string()
+        .contains("pseudonym_key"));
+    assert!(parse_str("[credentials]\nttl = \"300\"\n")
+        .unwrap_err()
+        .to_string()
+        .contains("no unit"));
+}
+
+#[test]
+fn upstreams_must_be_plain_origins() {
+    for (u, msg) in [
+        ("http://127.0.0.1:1/base", "must not have a path"),
+        ("ftp://x", "http:// URL"),
+        ("http://user:pw@127.0.0.1:1", "credentials"),
+    ] {
+        let text = format!("[[routes]]\nname = \"x\"\nupstream = \"{u}\"\ntwin = \"x\"\n");
+        let e = parse_str(&text).unwrap_err().to_string();
+        assert!(e.contains(msg), "{u}: {e}");
+    }
+}
+
+#[test]
+fn reserved_prefixes_are_refused() {
+    let text = "[[routes]]\nname = \"x\"\npath_prefix = \"/.twinward/x\"\nupstream = \"http://127.0.0.1:1\"\ntwin = \"x\"\n";
+    assert!(parse_str(text)
+        .unwrap_err()
+        .to_string()
+        .contains("reserved"));
+}

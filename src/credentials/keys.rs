@@ -1,0 +1,368 @@
+//! Signing keys on disk: one PKCS#8 file per key in the keys directory, named
+//! `<created unix seconds>-<kid>.<alg>.p8`. The newest key signs; older keys stay published
+//! in the JWKS until `rotation_overlap` after their successor was created, so credentials
+//! they signed verify until they expire.
+//!
+//! INVARIANT: key files are mode 0600 and the gateway refuses to start when a key file can
+//! be read by group or others.
+
+use crate::clock::Timestamp;
+use crate::config::SigningAlgorithm;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    #[error("keys directory {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "key file {path} is readable by group or others (mode {mode:o}); run chmod 600 {path}"
+    )]
+    Permissions { path: String, mode: u32 },
+    #[error("key file {path} is not a valid {alg} PKCS#8 key")]
+    BadKey { path: String, alg: &'static str },
+    #[error("key generation failed")]
+    Generate,
+    #[error("signing failed")]
+    Sign,
+}
+
+enum Signer {
+    Ed25519(Ed25519KeyPair),
+    Es256(EcdsaKeyPair),
+}
+
+/// One signing key with its public JWK.
+pub struct SigningKey {
+    pub kid: String,
+    pub alg: SigningAlgorithm,
+    pub created: Timestamp,
+    pub path: PathBuf,
+    signer: Signer,
+    rng: SystemRandom,
+    /// The public key as a JWK object (without `kid`, `alg`, `use`).
+    pub public_jwk: serde_json::Map<String, serde_json::Value>,
+    /// `base64url(header)` for this key, computed once.
+    pub header_b64: String,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+impl SigningKey {
+    fn from_pkcs8(
+        alg: SigningAlgorithm,
+        der: &[u8],
+        created: Timestamp,
+        path: PathBuf,
+    ) -> Result<Self, KeyStoreError> {
+        let bad = || KeyStoreError::BadKey {
+            path: path.display().to_string(),
+            alg: alg.jose_name(),
+        };
+        let (signer, jwk) = match alg {
+            SigningAlgorithm::EdDsa => {
+                let kp = Ed25519KeyPair::from_pkcs8(der).map_err(|_| bad())?;
+                let x = B64.encode(kp.public_key().as_ref());
+                let jwk = serde_json::json!({"crv": "Ed25519", "kty": "OKP", "x": x});
+                (Signer::Ed25519(kp), jwk)
+            }
+            SigningAlgorithm::Es256 => {
+                let kp = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der)
+                    .map_err(|_| bad())?;
+                let pk = kp.public_key().as_ref();
+                // Uncompressed point: 0x04 || x (32) || y (32).
+                let (x, y) = match (pk.get(1..33), pk.get(33..65)) {
+                    (Some(x), Some(y)) if pk.len() == 65 => (B64.encode(x), B64.encode(y)),
+                    _ => return Err(bad()),
+                };
+                let jwk = serde_json::json!({"crv": "P-256", "kty": "EC", "x": x, "y": y});
+                (Signer::Es256(kp), jwk)
+            }
+        };
+        let public_jwk = match jwk {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let kid = thumbprint(&public_jwk);
+        let header = serde_json::json!({"alg": alg.jose_name(), "kid": kid, "typ": "JWT"});
+        let header_b64 = B64.encode(header.to_string());
+        Ok(SigningKey {
+            kid,
+            alg,
+            created,
+            path,
+            signer,
+            rng: SystemRandom::new(),
+            public_jwk,
+            header_b64,
+        })
+    }
+
+    /// Signs `header.payload` and returns the base64url signature.
+    pub fn sign(&self, signing_input: &[u8]) -> Result<String, KeyStoreError> {
+        match &self.signer {
+            Signer::Ed25519(kp) => Ok(B64.encode(kp.sign(signing_input).as_ref())),
+            Signer::Es256(kp) => kp
+                .sign(&self.rng, signing_input)
+                .map(|s| B64.encode(s.as_ref()))
+                .map_err(|_| KeyStoreError::Sign),
+        }
+    }
+}
+
+/// RFC 7638 JWK thumbprint: SHA-256 over the required members in lexicographic order.
+fn thumbprint(jwk: &serde_json::Map<String, serde_json::Value>) -> String {
+    // serde_json's map is ordered by key, and the members are exactly the required ones.
+    let canonical = serde_json::Value::Object(jwk.clone()).to_string();
+    B64.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// The keys of one directory at one moment: the current signer and the ones still published.
+#[derive(Debug)]
+pub struct KeyRing {
+    pub current: Arc<SigningKey>,
+    /// Every key still published, newest first (the current one included).
+    pub published: Vec<Arc<SigningKey>>,
+    /// Keys past their overlap, listed for `keys list` but no longer published.
+    pub expired: Vec<Arc<SigningKey>>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyStoreError + '_ {
+    move |source| KeyStoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Creates the keys directory (0700) if needed.
+pub fn ensure_dir(dir: &Path) -> Result<(), KeyStoreError> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Generates a key of `alg` and writes it (0600). Returns its path.
+pub fn generate(
+    dir: &Path,
+    alg: SigningAlgorithm,
+    now: Timestamp,
+) -> Result<PathBuf, KeyStoreError> {
+    ensure_dir(dir)?;
+    let rng = SystemRandom::new();
+    let doc = match alg {
+        SigningAlgorithm::EdDsa => {
+            Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyStoreError::Generate)?
+        }
+        SigningAlgorithm::Es256 => {
+            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map_err(|_| KeyStoreError::Generate)?
+        }
+    };
+    let der = doc.as_ref();
+    let probe = SigningKey::from_pkcs8(alg, der, now, PathBuf::new())?;
+    let name = format!("{}-{}.{}.p8", now.unix_secs(), probe.kid, alg.jose_name());
+    let path = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(der).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    // Rename is atomic: a replica reading the directory never sees half a key.
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    Ok(path)
+}
+
+/// Reads every key in `dir`. With `create_if_empty`, an empty directory gets its first key.
+pub fn load(
+    dir: &Path,
+    alg: SigningAlgorithm,
+    overlap: Duration,
+    now: Timestamp,
+    create_if_empty: bool,
+) -> Result<KeyRing, KeyStoreError> {
+    if create_if_empty {
+        ensure_dir(dir)?;
+    }
+    let mut keys = read_keys(dir)?;
+    if keys.is_empty() && create_if_empty {
+        generate(dir, alg, now)?;
+        keys = read_keys(dir)?;
+    }
+    keys.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.kid.cmp(&a.kid)));
+    let Some(current) = keys.first().cloned() else {
+        return Err(KeyStoreError::Io {
+            path: dir.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no signing keys (run `twinward keys rotate`)",
+            ),
+        });
+    };
+    let mut published = vec![current.clone()];
+    let mut expired = Vec::new();
+    // A key retires when its successor is created and stays published for `overlap`.
+    for pair in keys.windows(2) {
+        let (newer, older) = (&pair[0], &pair[1]);
+        if now.saturating_since(newer.created) < overlap {
+            published.push(older.clone());
+        } else {
+            expired.push(older.clone());
+        }
+    }
+    Ok(KeyRing {
+        current,
+        published,
+        expired,
+    })
+}
+
+fn read_keys(dir: &Path) -> Result<Vec<Arc<SigningKey>>, KeyStoreError> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).map_err(io(dir))? {
+        let e = e.map_err(io(dir))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".p8") else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = e.path();
+        let (created, rest) = stem.split_once('-').unwrap_or(("0", stem));
+        let alg = if rest.ends_with(".EdDSA") {
+            SigningAlgorithm::EdDsa
+        } else if rest.ends_with(".ES256") {
+            SigningAlgorithm::Es256
+        } else {
+            return Err(KeyStoreError::BadKey {
+                path: path.display().to_string(),
+                alg: "EdDSA or ES256",
+            });
+        };
+        let meta = fs::metadata(&path).map_err(io(&path))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyStoreError::Permissions {
+                path: path.display().to_string(),
+                mode,
+            });
+        }
+        let der = fs::read(&path).map_err(io(&path))?;
+        let created = Timestamp::from_unix_secs(created.parse().unwrap_or(0));
+        out.push(Arc::new(SigningKey::from_pkcs8(alg, &der, created, path)?));
+    }
+    Ok(out)
+}
+
+/// Fingerprint of the key files, for the watcher.
+pub fn fingerprint(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|it| {
+            it.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".p8") && !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_loads_and_rotates_with_overlap() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("keys");
+        let t0 = Timestamp::from_unix_secs(1_000_000);
+        let ring = load(
+            &dir,
+            SigningAlgorithm::EdDsa,
+            Duration::from_secs(3600),
+            t0,
+            true,
+        )
+        .unwrap();
+        assert_eq!(ring.published.len(), 1);
+        let first = ring.current.kid.clone();
+        let mode = fs::metadata(&ring.current.path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let t1 = t0.saturating_add(Duration::from_secs(60));
+        generate(&dir, SigningAlgorithm::EdDsa, t1).unwrap();
+        let ring = load(
+            &dir,
+            SigningAlgorithm::EdDsa,
+            Duration::from_secs(3600),
+            t1,
+            false,
+        )
+        .unwrap();
+        assert_ne!(ring.current.kid, first);
+        assert_eq!(
+            ring.published.len(),
+            2,
+            "previous key stays published during the overlap"
+        );
+
+        let later = t1.saturating_add(Duration::from_secs(3601));
+        let ring = load(
+            &dir,
+            SigningAlgorithm::EdDsa,
+            Duration::from_secs(3600),
+            later,
+            false,
+        )
+        .unwrap();
+        assert_eq!(ring.published.len(), 1);
+        assert_eq!(ring.expired.len(), 1);
+    }
+
+    #[test]
+    fn refuses_group_readable_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let t0 = Timestamp::from_unix_secs(1_000_000);
+        let p = generate(d.path(), SigningAlgorithm::Es256, t0).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        let err = load(
+            d.path(),
+            SigningAlgorithm::Es256,
+            Duration::from_secs(60),
+            t0,
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(err, KeyStoreError::Permissions { .. }), "{err}");
+    }
+}

@@ -1,0 +1,152 @@
+//! The only place HTTP types live. [`serve`] accepts connections (HTTP/1.1 and HTTP/2),
+//! normalizes each request's path once, and sends it either to the gateway's own endpoints
+//! (an axum router under `/.twinward/`) or to the proxy. The admin listener serves
+//! `/healthz`, `/readyz` and `/metrics`, never on the public listener.
+
+pub mod admin;
+pub mod endpoints;
+pub mod error;
+pub mod proxy;
+
+use crate::access::Gateway;
+use crate::routing::path;
+use axum::body::Body;
+use axum::routing::{get, post};
+use axum::Router;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+/// The client's socket address, as an extension for the gateway's own endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+    pub upstreams: Arc<proxy::Upstreams>,
+}
+
+pub const RESERVED_PREFIX: &str = "/.twinward/";
+
+fn gateway_router(state: AppState) -> Router {
+    Router::new()
+        .route("/.well-known/jwks.json", get(endpoints::jwks))
+        .route("/.twinward/jwks.json", get(endpoints::jwks))
+        .route(
+            "/.twinward/verify",
+            get(endpoints::verify)
+                .head(endpoints::verify)
+                .post(endpoints::verify),
+        )
+        .route("/.twinward/oauth/token", post(endpoints::token_exchange))
+        .fallback(
+            |req: Request<Body>| async move { error::not_found(error::wants_html(req.headers())) },
+        )
+        .with_state(state)
+}
+
+/// Rewrites the request target to its normalized path (query kept as sent), or refuses it.
+fn normalize_target(req: &mut Request<Incoming>) -> Result<path::NormalizedPath, Response<Body>> {
+    let html = error::wants_html(req.headers());
+    let normalized = path::normalize(req.uri().path()).map_err(|e| {
+        error::problem(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            &format!("refused path: {e}"),
+            None,
+            html,
+        )
+    })?;
+    if normalized.as_str() != req.uri().path() {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{}?{}", normalized.as_str(), q),
+            None => normalized.as_str().to_owned(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = pq.parse().ok();
+        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| {
+            error::problem(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                "invalid request target",
+                None,
+                html,
+            )
+        })?;
+    }
+    Ok(normalized)
+}
+
+async fn dispatch(
+    state: AppState,
+    router: Router,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let normalized = match normalize_target(&mut req) {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    let p = normalized.as_str();
+    if p.starts_with(RESERVED_PREFIX) || p == "/.twinward" || p == "/.well-known/jwks.json" {
+        req.extensions_mut().insert(Peer(peer));
+        return match router.oneshot(req.map(Body::new)).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+    }
+    proxy::handle(state, peer, req, normalized).await
+}
+
+/// Serves the public listener until `shutdown` resolves, then drains open connections.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let upstreams = Arc::new(proxy::Upstreams::new(gateway.routes.routes()));
+    let state = AppState { gateway, upstreams };
+    let router = gateway_router(state.clone());
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let router = router.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let state = state.clone();
+            let router = router.clone();
+            async move { Ok::<_, Infallible>(dispatch(state, router, peer, req).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => tracing::warn!("connections still open after 30s; closing"),
+    }
+}

@@ -1,0 +1,411 @@
+//! The proxy: authorize → mint → forward. Bodies stream both ways (nothing is buffered),
+//! connections to upstreams are pooled and kept alive, websockets are spliced after the
+//! upgrade.
+//!
+//! INVARIANT: the upstream receives exactly the normalized path that policy decided on, and
+//! never the client's `Authorization`, the gateway cookie, or any inbound `X-Twinward-*`.
+
+use super::error;
+use super::AppState;
+use crate::access::AccessRequest;
+use crate::metrics::{RouteLabel, RouteStatus};
+use crate::routing::path::NormalizedPath;
+use crate::routing::Route;
+use axum::body::Body;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub const ASSERTION_HEADER: &str = "x-twinward-assertion";
+pub const PURPOSE_HEADER: &str = "x-twinward-purpose";
+/// Cookie names the gateway sets (browser sessions); never forwarded.
+pub const GATEWAY_COOKIES: [&str; 2] = ["__Host-twinward", "twinward"];
+
+/// One pooled client per route (each route has its own timeouts and protocol).
+pub struct Upstreams {
+    clients: Vec<Client<HttpConnector, Incoming>>,
+}
+
+impl Upstreams {
+    pub fn new(routes: &[Arc<Route>]) -> Self {
+        let clients = routes
+            .iter()
+            .map(|r| {
+                let mut c = HttpConnector::new();
+                c.set_connect_timeout(Some(r.config.connect_timeout));
+                c.set_nodelay(true);
+                c.enforce_http(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(std::time::Duration::from_secs(90))
+                    .pool_max_idle_per_host(1024)
+                    .http2_only(r.config.http2)
+                    .build(c)
+            })
+            .collect();
+        Upstreams { clients }
+    }
+
+    fn client(&self, route: &Route) -> Option<&Client<HttpConnector, Incoming>> {
+        self.clients.get(route.index)
+    }
+}
+
+/// `Authorization: Bearer <token>` (scheme case-insensitive).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The `X-Twinward-Purpose` header when it is short printable text.
+pub fn purpose(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(PURPOSE_HEADER)?.to_str().ok()?;
+    (v.len() <= 256 && v.chars().all(|c| !c.is_control())).then_some(v)
+}
+
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && req
+            .headers()
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header
+/// names. With `upgrade`, keeps `Connection: upgrade` and `Upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        if !(upgrade && n == header::UPGRADE) {
+            headers.remove(n);
+        }
+    }
+    for n in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        if !(upgrade && (n == header::UPGRADE || n == header::CONNECTION)) {
+            headers.remove(n);
+        }
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Removes the client's credentials and anything that claims to come from the gateway.
+pub fn strip_client_credentials(headers: &mut HeaderMap) {
+    headers.remove(header::AUTHORIZATION);
+    let inbound: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-twinward-"))
+        .cloned()
+        .collect();
+    for k in inbound {
+        headers.remove(k);
+    }
+    let cookies: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .filter(|c| {
+            let name = c.split('=').next().unwrap_or_default().trim();
+            !GATEWAY_COOKIES.contains(&name)
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !cookies.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&cookies.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+pub async fn handle(
+    state: AppState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    path: NormalizedPath,
+) -> Response<Body> {
+    let gw = &state.gateway;
+    let html = error::wants_html(req.headers());
+    let host = req.uri().host().map(str::to_owned).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    });
+    let Some(route) = gw.routes.find(host.as_deref(), &path) else {
+        return error::not_found(html);
+    };
+    let route = route.clone();
+    let headers = req.headers();
+    let client_ip = gw.network.client_ip(
+        peer.ip(),
+        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()),
+    );
+    let access = AccessRequest {
+        route: &route,
+        method: req.method().as_str(),
+        path: path.as_str(),
+        bearer: bearer(headers),
+        client_ip,
+        purpose: purpose(headers),
+    };
+    let resp = match gw.authorize(&access).await {
+        Err(refused) => error::refusal(&refused, html),
+        Ok(grant) => {
+            forward(
+                &state,
+                &route,
+                peer,
+                client_ip,
+                host.as_deref(),
+                req,
+                &path,
+                &grant.credential.token,
+                &grant.decision_id,
+            )
+            .await
+        }
+    };
+    gw.metrics
+        .requests
+        .get_or_create(&RouteStatus {
+            route: route.config.name.clone(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    state: &AppState,
+    route: &Arc<Route>,
+    peer: SocketAddr,
+    client_ip: std::net::IpAddr,
+    host: Option<&str>,
+    mut req: Request<Incoming>,
+    path: &NormalizedPath,
+    credential: &str,
+    decision_id: &str,
+) -> Response<Body> {
+    let gw = &state.gateway;
+    let cfg = &route.config;
+    let html = error::wants_html(req.headers());
+    let websocket = is_websocket(&req);
+    if websocket && !cfg.websocket {
+        return error::problem(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "websockets are not enabled on this route",
+            Some(decision_id),
+            html,
+        );
+    }
+    let Some(client) = state.upstreams.client(route) else {
+        return error::problem(
+            StatusCode::BAD_GATEWAY,
+            "Bad Gateway",
+            "no upstream client for this route",
+            Some(decision_id),
+            html,
+        );
+    };
+    let peer_trusted = gw.network.is_trusted(peer.ip());
+    let uri = match req.uri().query() {
+        Some(q) => format!("http://{}{}?{}", cfg.upstream.authority, path.as_str(), q),
+        None => format!("http://{}{}", cfg.upstream.authority, path.as_str()),
+    };
+    let Ok(uri) = uri.parse::<Uri>() else {
+        return error::problem(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            "the request target cannot be forwarded",
+            Some(decision_id),
+            html,
+        );
+    };
+    let client_upgrade = if websocket {
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+    let (mut parts, body) = req.into_parts();
+    let scheme = if peer_trusted {
+        parts
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .filter(|p| *p == "https" || *p == "http")
+            .unwrap_or("http")
+            .to_owned()
+    } else {
+        "http".to_owned()
+    };
+    let prior_xff = if peer_trusted {
+        parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    } else {
+        None
+    };
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers, websocket);
+    strip_client_credentials(headers);
+    for h in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-method",
+        "x-forwarded-uri",
+        "x-original-url",
+        "x-original-method",
+        "x-real-ip",
+    ] {
+        headers.remove(h);
+    }
+    headers.remove(header::FORWARDED);
+    let xff = match prior_xff {
+        Some(p) => format!("{p}, {}", peer.ip()),
+        None => client_ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&scheme) {
+        headers.insert("x-forwarded-proto", v);
+    }
+    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert("x-forwarded-host", h);
+    }
+    if let Ok(v) = HeaderValue::from_str(&cfg.upstream.authority) {
+        headers.insert(header::HOST, v);
+    }
+    let Ok(cred) = HeaderValue::from_str(credential) else {
+        return error::problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            "credential could not be attached",
+            Some(decision_id),
+            html,
+        );
+    };
+    if cfg.credential_as_bearer {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {credential}")) {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+    }
+    headers.insert(ASSERTION_HEADER, cred);
+    parts.uri = uri;
+    parts.version = if cfg.http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let up_req = Request::from_parts(parts, body);
+
+    let started = Instant::now();
+    let result = tokio::time::timeout(cfg.timeout, client.request(up_req)).await;
+    gw.metrics
+        .upstream_seconds
+        .get_or_create(&RouteLabel {
+            route: cfg.name.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    let mut resp = match result {
+        Err(_) => {
+            tracing::warn!(route = %cfg.name, decision_id, "upstream timed out");
+            return error::problem(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Gateway Timeout",
+                "the twin service did not answer in time",
+                Some(decision_id),
+                false,
+            );
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(route = %cfg.name, decision_id, error = %e, "upstream unreachable");
+            return error::problem(
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway",
+                "the twin service is unreachable",
+                Some(decision_id),
+                false,
+            );
+        }
+        Ok(Ok(r)) => r,
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return error::problem(
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway",
+                "the twin service switched protocols unasked",
+                Some(decision_id),
+                false,
+            );
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let route_name = cfg.name.clone();
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((c, u)) => {
+                    let mut c = TokioIo::new(c);
+                    let mut u = TokioIo::new(u);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        tracing::debug!(route = %route_name, error = %e, "websocket closed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(route = %route_name, error = %e, "websocket upgrade failed")
+                }
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, true);
+        return Response::from_parts(parts, Body::empty());
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(parts, Body::new(body))
+}

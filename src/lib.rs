@@ -1,0 +1,21 @@
+//! twinward: a zero-trust, identity-aware access gateway for digital twins.
+//!
+//! A request meets the modules in this order: [`http`] accepts it, [`routing`] normalizes its
+//! path and finds the route, [`signals`] reads the client's network, [`access`] authenticates
+//! the principal ([`identity`]), decides by [`policy`], mints a twin credential
+//! ([`credentials`]) and records the decision ([`audit`]); [`http`] then proxies to the twin.
+//! Only [`http`] knows about HTTP types.
+
+pub mod access;
+pub mod audit;
+pub mod clock;
+pub mod config;
+pub mod credentials;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod policy;
+pub mod routing;
+pub mod server;
+pub mod signals;
+pub mod storage;

@@ -1,0 +1,356 @@
+//! The Cedar request context of the schema contract, built from typed values (building it
+//! from JSON costs about 17 µs a request; from typed values a fraction of that).
+//! Fields that no signal has filled carry the documented "unknown" values.
+
+use crate::clock::Timestamp;
+use cedar_policy::{Context, RestrictedExpression};
+use chrono::{Datelike, TimeZone, Timelike};
+use serde::Deserialize;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Browser,
+    ApiToken,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Browser => "browser",
+            AuthMethod::ApiToken => "api_token",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthContext {
+    pub method: AuthMethod,
+    pub mfa: bool,
+    pub mfa_age_s: i64,
+    pub session_age_s: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceContext {
+    pub id: String,
+    pub managed: bool,
+    pub compliant: bool,
+    pub os: String,
+    pub posture_age_s: i64,
+}
+
+impl DeviceContext {
+    /// No posture signal: id `""`, unmanaged, non-compliant, posture age -1.
+    pub fn unknown() -> Self {
+        DeviceContext {
+            id: String::new(),
+            managed: false,
+            compliant: false,
+            os: String::new(),
+            posture_age_s: -1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkContext {
+    pub ip: IpAddr,
+    pub zone: String,
+    pub country: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeContext {
+    pub now: Timestamp,
+    /// 0–23 in the configured timezone.
+    pub hour: i64,
+    /// 1 (Monday) … 7 in the configured timezone.
+    pub weekday: i64,
+}
+
+impl TimeContext {
+    pub fn at(now: Timestamp, tz: &chrono_tz::Tz) -> Self {
+        // A UTC instant always has exactly one local time; the fallback is unreachable.
+        let (hour, weekday) = match tz.timestamp_opt(now.unix_secs(), 0) {
+            chrono::LocalResult::Single(t) => (t.hour(), t.weekday().number_from_monday()),
+            _ => (0, 1),
+        };
+        TimeContext {
+            now,
+            hour: i64::from(hour),
+            weekday: i64::from(weekday),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestInfo {
+    pub method: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestContext {
+    pub auth: AuthContext,
+    pub device: DeviceContext,
+    pub network: NetworkContext,
+    pub time: TimeContext,
+    pub request: RequestInfo,
+    pub purpose: Option<String>,
+}
+
+impl RequestContext {
+    /// The context of a request about which nothing but these facts is known.
+    pub fn new(method: AuthMethod, ip: IpAddr, time: TimeContext, request: RequestInfo) -> Self {
+        RequestContext {
+            auth: AuthContext {
+                method,
+                mfa: false,
+                mfa_age_s: -1,
+                session_age_s: 0,
+            },
+            device: DeviceContext::unknown(),
+            network: NetworkContext {
+                ip,
+                zone: "unknown".to_owned(),
+                country: "ZZ".to_owned(),
+            },
+            time,
+            request,
+            purpose: None,
+        }
+    }
+
+    pub fn to_cedar(&self) -> Result<Context, String> {
+        let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
+        let rec = |pairs: Vec<(&str, RestrictedExpression)>| {
+            RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)))
+                .map_err(|e| e.to_string())
+        };
+        let auth = rec(vec![
+            ("method", s(self.auth.method.as_str())),
+            ("mfa", RestrictedExpression::new_bool(self.auth.mfa)),
+            (
+                "mfa_age_s",
+                RestrictedExpression::new_long(self.auth.mfa_age_s),
+            ),
+            (
+                "session_age_s",
+                RestrictedExpression::new_long(self.auth.session_age_s),
+            ),
+        ])?;
+        let device = rec(vec![
+            ("id", s(&self.device.id)),
+            (
+                "managed",
+                RestrictedExpression::new_bool(self.device.managed),
+            ),
+            (
+                "compliant",
+                RestrictedExpression::new_bool(self.device.compliant),
+            ),
+            ("os", s(&self.device.os)),
+            (
+                "posture_age_s",
+                RestrictedExpression::new_long(self.device.posture_age_s),
+            ),
+        ])?;
+        let network = rec(vec![
+            (
+                "ip",
+                RestrictedExpression::new_ip(self.network.ip.to_string()),
+            ),
+            ("zone", s(&self.network.zone)),
+            ("country", s(&self.network.country)),
+        ])?;
+        let time = rec(vec![
+            (
+                "now",
+                RestrictedExpression::new_datetime(self.time.now.to_rfc3339()),
+            ),
+            ("hour", RestrictedExpression::new_long(self.time.hour)),
+            ("weekday", RestrictedExpression::new_long(self.time.weekday)),
+        ])?;
+        let request = rec(vec![
+            ("method", s(&self.request.method)),
+            ("path", s(&self.request.path)),
+        ])?;
+        let mut pairs = vec![
+            ("auth".to_owned(), auth),
+            ("device".to_owned(), device),
+            ("network".to_owned(), network),
+            ("time".to_owned(), time),
+            ("request".to_owned(), request),
+        ];
+        if let Some(p) = &self.purpose {
+            pairs.push(("purpose".to_owned(), s(p)));
+        }
+        Context::from_pairs(pairs).map_err(|e| e.to_string())
+    }
+
+    /// Applies a partial context written by an admin (policy tests, `policy eval`) on top
+    /// of this one. `time.now` also sets hour and weekday in `tz` unless they are given.
+    pub fn apply(&mut self, o: ContextOverrides, tz: &chrono_tz::Tz) -> Result<(), String> {
+        if let Some(a) = o.auth {
+            if let Some(m) = a.method {
+                self.auth.method = match m.as_str() {
+                    "browser" => AuthMethod::Browser,
+                    "api_token" => AuthMethod::ApiToken,
+                    other => {
+                        return Err(format!(
+                            "auth.method {other:?} is not \"browser\" or \"api_token\""
+                        ))
+                    }
+                };
+            }
+            set(&mut self.auth.mfa, a.mfa);
+            set(&mut self.auth.mfa_age_s, a.mfa_age_s);
+            set(&mut self.auth.session_age_s, a.session_age_s);
+        }
+        if let Some(d) = o.device {
+            set(&mut self.device.id, d.id);
+            set(&mut self.device.managed, d.managed);
+            set(&mut self.device.compliant, d.compliant);
+            set(&mut self.device.os, d.os);
+            set(&mut self.device.posture_age_s, d.posture_age_s);
+        }
+        if let Some(n) = o.network {
+            if let Some(ip) = n.ip {
+                self.network.ip = ip
+                    .parse()
+                    .map_err(|_| format!("network.ip {ip:?} is not an IP address"))?;
+            }
+            set(&mut self.network.zone, n.zone);
+            set(&mut self.network.country, n.country);
+        }
+        if let Some(t) = o.time {
+            if let Some(now) = t.now {
+                let parsed = chrono::DateTime::parse_from_rfc3339(&now)
+                    .map_err(|e| format!("time.now {now:?} is not an RFC 3339 time: {e}"))?;
+                self.time = TimeContext::at(Timestamp::from_unix_secs(parsed.timestamp()), tz);
+            }
+            if let Some(h) = t.hour {
+                if !(0..=23).contains(&h) {
+                    return Err(format!("time.hour {h} is not 0–23"));
+                }
+                self.time.hour = h;
+            }
+            if let Some(w) = t.weekday {
+                if !(1..=7).contains(&w) {
+                    return Err(format!("time.weekday {w} is not 1 (Monday) – 7"));
+                }
+                self.time.weekday = w;
+            }
+        }
+        if let Some(r) = o.request {
+            set(&mut self.request.method, r.method);
+            set(&mut self.request.path, r.path);
+        }
+        if o.purpose.is_some() {
+            self.purpose = o.purpose;
+        }
+        Ok(())
+    }
+}
+
+fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
+}
+
+/// A partial context as admins write it in policy tests and `policy eval --context`:
+/// plain JSON, IPs and times as strings, anything left out keeps its default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextOverrides {
+    pub auth: Option<AuthOverrides>,
+    pub device: Option<DeviceOverrides>,
+    pub network: Option<NetworkOverrides>,
+    pub time: Option<TimeOverrides>,
+    pub request: Option<RequestOverrides>,
+    pub purpose: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthOverrides {
+    pub method: Option<String>,
+    pub mfa: Option<bool>,
+    pub mfa_age_s: Option<i64>,
+    pub session_age_s: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceOverrides {
+    pub id: Option<String>,
+    pub managed: Option<bool>,
+    pub compliant: Option<bool>,
+    pub os: Option<String>,
+    pub posture_age_s: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverrides {
+    pub ip: Option<String>,
+    pub zone: Option<String>,
+    pub country: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeOverrides {
+    pub now: Option<String>,
+    pub hour: Option<i64>,
+    pub weekday: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestOverrides {
+    pub method: Option<String>,
+    pub path: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hour_and_weekday_follow_the_timezone() {
+        // 2026-11-25T22:30:00Z is a Wednesday; in Berlin (UTC+1) it is 23:30.
+        let now = Timestamp::from_unix_secs(1_795_645_800);
+        let utc = TimeContext::at(now, &chrono_tz::UTC);
+        assert_eq!((utc.hour, utc.weekday), (22, 3));
+        let berlin = TimeContext::at(now, &chrono_tz::Europe::Berlin);
+        assert_eq!((berlin.hour, berlin.weekday), (23, 3));
+        let tokyo = TimeContext::at(now, &chrono_tz::Asia::Tokyo);
+        assert_eq!((tokyo.hour, tokyo.weekday), (7, 4));
+    }
+
+    #[test]
+    fn overrides_apply_and_refuse_nonsense() {
+        let mut c = RequestContext::new(
+            AuthMethod::ApiToken,
+            "127.0.0.1".parse().unwrap(),
+            TimeContext::at(Timestamp::EPOCH, &chrono_tz::UTC),
+            RequestInfo {
+                method: "GET".into(),
+                path: "/".into(),
+            },
+        );
+        let o: ContextOverrides = serde_json::from_str(
+            r#"{"network":{"ip":"10.20.1.1","zone":"plant"},"time":{"now":"2026-11-23T09:15:00Z"}}"#,
+        )
+        .unwrap();
+        c.apply(o, &chrono_tz::UTC).unwrap();
+        assert_eq!(c.network.zone, "plant");
+        assert_eq!((c.time.hour, c.time.weekday), (9, 1));
+        let bad: ContextOverrides = serde_json::from_str(r#"{"time":{"hour":25}}"#).unwrap();
+        assert!(c.apply(bad, &chrono_tz::UTC).is_err());
+        assert!(serde_json::from_str::<ContextOverrides>(r#"{"nope":1}"#).is_err());
+    }
+}

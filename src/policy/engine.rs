@@ -1,0 +1,562 @@
+//! The decision engine: the current policy set (swapped atomically on reload), the entities
+//! the gateway knows (roles, twins), and `decide`, which evaluates only the policies whose
+//! scope can match (see [`super::slice`]).
+
+use super::loader::{self, PolicyBundle};
+use super::slice::Scope;
+use super::{Action, PolicyError, PolicyProblem, PrincipalKind, RequestContext};
+use crate::config::{AttrValue, RouteConfig};
+use arc_swap::ArcSwap;
+use cedar_policy::{
+    Authorizer, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicySet, Request, RestrictedExpression,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The outcome of one authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allow: bool,
+    /// Ids of the policies that determined the decision (empty for a default deny).
+    pub determining: Vec<String>,
+    /// Evaluation errors; a policy that errors is skipped, as Cedar specifies.
+    pub errors: Vec<String>,
+    /// Which policy set decided.
+    pub generation: u64,
+}
+
+/// A twin as routes describe it.
+#[derive(Debug, Clone)]
+pub struct TwinSpec {
+    pub id: String,
+    pub attributes: BTreeMap<String, AttrValue>,
+    /// Where it was declared, for messages.
+    pub origin: String,
+}
+
+impl TwinSpec {
+    pub fn from_routes(routes: &[RouteConfig], config_file: &str) -> Vec<TwinSpec> {
+        routes
+            .iter()
+            .map(|r| TwinSpec {
+                id: r.twin.clone(),
+                attributes: r.attributes.clone(),
+                origin: format!("{config_file}:{}: route {:?}", r.line, r.name),
+            })
+            .collect()
+    }
+}
+
+/// A principal ready for decisions: its Cedar entity is built once (when the token or
+/// session is loaded) and reused for every request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub kind: PrincipalKind,
+    pub id: String,
+    pub roles: Vec<String>,
+    entity: Entity,
+}
+
+impl Principal {
+    pub fn service_account(id: &str, owner: &str, roles: &[String]) -> Result<Self, PolicyError> {
+        let attrs = HashMap::from([(
+            "owner".to_owned(),
+            RestrictedExpression::new_string(owner.to_owned()),
+        )]);
+        Self::build(PrincipalKind::ServiceAccount, id, roles, attrs)
+    }
+
+    pub fn user(id: &str, email: &str, idp: &str, roles: &[String]) -> Result<Self, PolicyError> {
+        let attrs = HashMap::from([
+            (
+                "email".to_owned(),
+                RestrictedExpression::new_string(email.to_owned()),
+            ),
+            (
+                "idp".to_owned(),
+                RestrictedExpression::new_string(idp.to_owned()),
+            ),
+        ]);
+        Self::build(PrincipalKind::User, id, roles, attrs)
+    }
+
+    fn build(
+        kind: PrincipalKind,
+        id: &str,
+        roles: &[String],
+        attrs: HashMap<String, RestrictedExpression>,
+    ) -> Result<Self, PolicyError> {
+        let me = uid(kind.type_name(), id)?;
+        let parents = roles
+            .iter()
+            .map(|r| uid("Twinward::Role", r))
+            .collect::<Result<HashSet<_>, _>>()?;
+        let entity =
+            Entity::new(me, attrs, parents).map_err(|e| PolicyError::Request(e.to_string()))?;
+        Ok(Principal {
+            kind,
+            id: id.to_owned(),
+            roles: roles.to_vec(),
+            entity,
+        })
+    }
+
+    pub fn uid(&self) -> EntityUid {
+        self.entity.uid()
+    }
+
+    /// The entity as given, for callers (policy tests) that supply their own.
+    pub fn from_entity(kind: PrincipalKind, entity: Entity) -> Self {
+        let uid = entity.uid();
+        Principal {
+            kind,
+            id: uid.id().unescaped().to_owned(),
+            roles: Vec::new(),
+            entity,
+        }
+    }
+}
+
+pub fn uid(type_name: &str, id: &str) -> Result<EntityUid, PolicyError> {
+    let t = EntityTypeName::from_str(type_name)
+        .map_err(|e| PolicyError::Request(format!("entity type {type_name:?}: {e}")))?;
+    Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+}
+
+/// Everything one policy generation needs to decide, built once per (re)load.
+pub struct Loaded {
+    pub generation: u64,
+    pub bundle: PolicyBundle,
+    authorizer: Authorizer,
+    scopes: Vec<(cedar_policy::Policy, Scope)>,
+    /// Entities every decision sees: roles, twins and their ancestors, actions.
+    base_entities: Entities,
+    twins: HashMap<String, TwinEntry>,
+    roles: HashSet<String>,
+    action_uids: [EntityUid; 3],
+    principal_types: [EntityTypeName; 2],
+}
+
+struct TwinEntry {
+    uid: EntityUid,
+    /// Pre-sliced policy sets by principal kind and action.
+    slices: [[Arc<PolicySet>; 3]; 2],
+}
+
+impl Loaded {
+    pub fn compile(
+        bundle: PolicyBundle,
+        twins: &[TwinSpec],
+        generation: u64,
+    ) -> Result<Loaded, Vec<PolicyProblem>> {
+        let mut problems = Vec::new();
+        let p = |origin: &str, m: String| PolicyProblem {
+            file: origin.to_owned(),
+            position: None,
+            message: m,
+        };
+        let action_uids = [Action::Read, Action::Write, Action::Admin].map(|a| {
+            uid("Twinward::Action", a.name()).map_err(|e| vec![p("schema", e.to_string())])
+        });
+        let [Ok(r), Ok(w), Ok(a)] = action_uids else {
+            return Err(vec![p("schema", "cannot name the actions".to_owned())]);
+        };
+        let action_uids = [r, w, a];
+        let (Ok(user_t), Ok(sa_t)) = (
+            EntityTypeName::from_str("Twinward::User"),
+            EntityTypeName::from_str("Twinward::ServiceAccount"),
+        ) else {
+            return Err(vec![p(
+                "schema",
+                "cannot name the principal types".to_owned(),
+            )]);
+        };
+
+        // Twins: entities.json may declare them (with group parents and attributes); a route
+        // supplies or overrides attributes. Routes that share a twin must agree.
+        let mut by_id: HashMap<EntityUid, Entity> = bundle
+            .entities
+            .iter()
+            .map(|e| (e.uid(), e.clone()))
+            .collect();
+        let mut seen_specs: HashMap<&str, &TwinSpec> = HashMap::new();
+        for spec in twins {
+            if let Some(prev) = seen_specs.get(spec.id.as_str()) {
+                if prev.attributes != spec.attributes {
+                    problems.push(p(
+                        &spec.origin,
+                        format!(
+                            "twin {:?} has different attributes at {}",
+                            spec.id, prev.origin
+                        ),
+                    ));
+                }
+                continue;
+            }
+            seen_specs.insert(&spec.id, spec);
+            let Ok(tuid) = uid("Twinward::Twin", &spec.id) else {
+                problems.push(p(
+                    &spec.origin,
+                    format!("twin id {:?} is not a valid entity id", spec.id),
+                ));
+                continue;
+            };
+            let mut attrs: HashMap<String, RestrictedExpression> = HashMap::new();
+            let mut parents = HashSet::new();
+            if let Some(existing) = by_id.get(&tuid) {
+                let json = existing.to_json_value().unwrap_or_default();
+                if let Some(ps) = json.get("parents").and_then(|v| v.as_array()) {
+                    for pj in ps {
+                        if let (Some(t), Some(i)) = (
+                            pj.get("type").and_then(|v| v.as_str()),
+                            pj.get("id").and_then(|v| v.as_str()),
+                        ) {
+                            if let Ok(u) = uid(t, i) {
+                                parents.insert(u);
+                            }
+                        }
+                    }
+                }
+                if let Some(obj) = json.get("attrs").and_then(|v| v.as_object()) {
+                    for (k, v) in obj {
+                        let e = match v {
+                            serde_json::Value::String(s) => {
+                                RestrictedExpression::new_string(s.clone())
+                            }
+                            serde_json::Value::Bool(b) => RestrictedExpression::new_bool(*b),
+                            serde_json::Value::Number(n) if n.is_i64() => {
+                                RestrictedExpression::new_long(n.as_i64().unwrap_or_default())
+                            }
+                            _ => continue,
+                        };
+                        attrs.insert(k.clone(), e);
+                    }
+                }
+            }
+            for (k, v) in &spec.attributes {
+                let e = match v {
+                    AttrValue::String(s) => RestrictedExpression::new_string(s.clone()),
+                    AttrValue::Long(i) => RestrictedExpression::new_long(*i),
+                    AttrValue::Bool(b) => RestrictedExpression::new_bool(*b),
+                };
+                attrs.insert(k.clone(), e);
+            }
+            match Entity::new(tuid.clone(), attrs, parents) {
+                Ok(e) => {
+                    // Check each twin alone so the message names the route that declared it.
+                    if let Err(err) = Entities::from_entities([e.clone()], Some(&bundle.schema)) {
+                        problems.push(p(
+                            &spec.origin,
+                            format!("twin {:?} does not fit the schema: {err}", spec.id),
+                        ));
+                    }
+                    by_id.insert(tuid, e);
+                }
+                Err(err) => problems.push(p(&spec.origin, format!("twin {:?}: {err}", spec.id))),
+            }
+        }
+        let action_entities = bundle
+            .schema
+            .action_entities()
+            .map_err(|e| vec![p("schema", e.to_string())])?;
+        let base_entities = Entities::from_entities(
+            by_id
+                .values()
+                .cloned()
+                .chain(action_entities.iter().cloned()),
+            Some(&bundle.schema),
+        )
+        .map_err(|e| vec![p("entities", e.to_string())]);
+        let base_entities = match base_entities {
+            Ok(b) => b,
+            Err(mut e) => {
+                problems.append(&mut e);
+                return Err(problems);
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+
+        let action_ancestors = |a: &EntityUid| -> HashSet<EntityUid> {
+            base_entities
+                .ancestors(a)
+                .map(|it| it.cloned().collect())
+                .unwrap_or_default()
+        };
+        let scopes: Vec<_> = bundle
+            .policies
+            .policies()
+            .map(|pol| {
+                let s = Scope::of(pol, |a| action_uids[a as usize].clone(), &action_ancestors);
+                (pol.clone(), s)
+            })
+            .collect();
+        let roles = base_entities
+            .iter()
+            .filter(|e| e.uid().type_name().to_string() == "Twinward::Role")
+            .map(|e| e.uid().id().unescaped().to_owned())
+            .collect();
+        let mut loaded = Loaded {
+            generation,
+            bundle,
+            authorizer: Authorizer::new(),
+            scopes,
+            base_entities,
+            twins: HashMap::new(),
+            roles,
+            action_uids,
+            principal_types: [user_t, sa_t],
+        };
+        let twin_uids: Vec<EntityUid> = loaded
+            .base_entities
+            .iter()
+            .filter(|e| e.uid().type_name().to_string() == "Twinward::Twin")
+            .map(|e| e.uid())
+            .collect();
+        for tuid in twin_uids {
+            let slices =
+                [0, 1].map(|k| [0, 1, 2].map(|a| Arc::new(loaded.slice(k, Action::ALL[a], &tuid))));
+            loaded.twins.insert(
+                tuid.id().unescaped().to_owned(),
+                TwinEntry { uid: tuid, slices },
+            );
+        }
+        Ok(loaded)
+    }
+
+    fn slice(&self, kind_index: usize, action: Action, resource: &EntityUid) -> PolicySet {
+        let ancestors: HashSet<EntityUid> = self
+            .base_entities
+            .ancestors(resource)
+            .map(|it| it.cloned().collect())
+            .unwrap_or_default();
+        let ptype = &self.principal_types[kind_index];
+        let mut set = PolicySet::new();
+        for (pol, scope) in &self.scopes {
+            if scope.may_apply(ptype, action, resource, &ancestors) {
+                // Ids are unique in the full set, so adding to a subset cannot collide.
+                let _ = set.add(pol.clone());
+            }
+        }
+        set
+    }
+
+    pub fn knows_role(&self, role: &str) -> bool {
+        self.roles.contains(role)
+    }
+
+    pub fn roles(&self) -> impl Iterator<Item = &String> {
+        self.roles.iter()
+    }
+
+    pub fn knows_twin(&self, twin: &str) -> bool {
+        self.twins.contains_key(twin)
+    }
+
+    fn kind_index(kind: PrincipalKind) -> usize {
+        match kind {
+            PrincipalKind::User => 0,
+            PrincipalKind::ServiceAccount => 1,
+        }
+    }
+
+    /// Decides with the sliced set. An unknown twin, an invalid context or an entity error is
+    /// a deny that names the error.
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        action: Action,
+        twin: &str,
+        ctx: &RequestContext,
+    ) -> Decision {
+        let Some(entry) = self.twins.get(twin) else {
+            return self.deny_with(format!("unknown twin {twin:?}"));
+        };
+        let context = match ctx.to_cedar() {
+            Ok(c) => c,
+            Err(e) => return self.deny_with(format!("context: {e}")),
+        };
+        let set = &entry.slices[Self::kind_index(principal.kind)][action as usize];
+        self.evaluate(
+            principal.entity.clone(),
+            action,
+            entry.uid.clone(),
+            context,
+            set,
+        )
+    }
+
+    /// Decides over the full, unsliced set: the reference `decide` must agree with.
+    pub fn decide_unsliced(
+        &self,
+        principal: &Principal,
+        action: Action,
+        twin: &str,
+        ctx: &RequestContext,
+    ) -> Decision {
+        let Some(entry) = self.twins.get(twin) else {
+            return self.deny_with(format!("unknown twin {twin:?}"));
+        };
+        let context = match ctx.to_cedar() {
+            Ok(c) => c,
+            Err(e) => return self.deny_with(format!("context: {e}")),
+        };
+        let set = self.bundle.policies.clone();
+        self.evaluate(
+            principal.entity.clone(),
+            action,
+            entry.uid.clone(),
+            context,
+            &set,
+        )
+    }
+
+    /// Decides for any resource, known or given by the caller (`policy eval`, policy tests),
+    /// slicing on the fly. `extra` entities are added to the ones the gateway knows.
+    pub fn decide_with(
+        &self,
+        principal: &Principal,
+        action: Action,
+        resource: &EntityUid,
+        context: cedar_policy::Context,
+        extra: &[Entity],
+    ) -> Decision {
+        let mut entities = vec![principal.entity.clone()];
+        entities.extend(extra.iter().cloned());
+        let all = match self
+            .base_entities
+            .clone()
+            .upsert_entities(entities, Some(&self.bundle.schema))
+        {
+            Ok(e) => e,
+            Err(e) => return self.deny_with(format!("entities: {e}")),
+        };
+        let ancestors: HashSet<EntityUid> = all
+            .ancestors(resource)
+            .map(|it| it.cloned().collect())
+            .unwrap_or_default();
+        let ptype = principal.entity.uid().type_name().clone();
+        let mut set = PolicySet::new();
+        for (pol, scope) in &self.scopes {
+            if scope.may_apply(&ptype, action, resource, &ancestors) {
+                let _ = set.add(pol.clone());
+            }
+        }
+        let request = match Request::new(
+            principal.uid(),
+            self.action_uids[action as usize].clone(),
+            resource.clone(),
+            context,
+            Some(&self.bundle.schema),
+        ) {
+            Ok(r) => r,
+            Err(e) => return self.deny_with(format!("request: {e}")),
+        };
+        self.respond(&request, &set, &all)
+    }
+
+    fn evaluate(
+        &self,
+        principal: Entity,
+        action: Action,
+        resource: EntityUid,
+        context: cedar_policy::Context,
+        set: &PolicySet,
+    ) -> Decision {
+        let puid = principal.uid();
+        let entities = match self.base_entities.clone().add_entities([principal], None) {
+            Ok(e) => e,
+            Err(e) => return self.deny_with(format!("entities: {e}")),
+        };
+        // INVARIANT: the context is built from typed values that match the schema (checked
+        // by a unit test against the schema), so request validation is skipped here.
+        let request = match Request::new(
+            puid,
+            self.action_uids[action as usize].clone(),
+            resource,
+            context,
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => return self.deny_with(format!("request: {e}")),
+        };
+        self.respond(&request, set, &entities)
+    }
+
+    fn respond(&self, request: &Request, set: &PolicySet, entities: &Entities) -> Decision {
+        let response = self.authorizer.is_authorized(request, set, entities);
+        let mut determining: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
+        determining.sort();
+        Decision {
+            allow: response.decision() == CedarDecision::Allow,
+            determining,
+            errors: response
+                .diagnostics()
+                .errors()
+                .map(ToString::to_string)
+                .collect(),
+            generation: self.generation,
+        }
+    }
+
+    fn deny_with(&self, error: String) -> Decision {
+        Decision {
+            allow: false,
+            determining: Vec::new(),
+            errors: vec![error],
+            generation: self.generation,
+        }
+    }
+}
+
+/// The engine the gateway holds: the current generation, swapped whole on reload.
+pub struct Engine {
+    current: ArcSwap<Loaded>,
+    twins: Vec<TwinSpec>,
+    next_generation: AtomicU64,
+}
+
+impl Engine {
+    pub fn load(dir: &Path, twins: Vec<TwinSpec>) -> Result<Engine, PolicyError> {
+        let bundle = loader::load_dir(dir).map_err(PolicyError::Invalid)?;
+        let loaded = Loaded::compile(bundle, &twins, 1).map_err(PolicyError::Invalid)?;
+        Ok(Engine {
+            current: ArcSwap::from_pointee(loaded),
+            twins,
+            next_generation: AtomicU64::new(2),
+        })
+    }
+
+    pub fn current(&self) -> arc_swap::Guard<Arc<Loaded>> {
+        self.current.load()
+    }
+
+    /// Loads `dir` anew. On any problem the current set stays in force and the problems are
+    /// returned.
+    pub fn reload(&self, dir: &Path) -> Result<Arc<Loaded>, Vec<PolicyProblem>> {
+        let bundle = loader::load_dir(dir)?;
+        let generation = self.next_generation.fetch_add(1, Ordering::SeqCst);
+        let loaded = Arc::new(Loaded::compile(bundle, &self.twins, generation)?);
+        self.current.store(loaded.clone());
+        Ok(loaded)
+    }
+
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        action: Action,
+        twin: &str,
+        ctx: &RequestContext,
+    ) -> Decision {
+        self.current.load().decide(principal, action, twin, ctx)
+    }
+}
