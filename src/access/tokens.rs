@@ -17,7 +17,7 @@ pub const CACHE_TTL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("authentication required: send Authorization: Bearer twt_…")]
+    #[error("authentication required: send Authorization: Bearer twt_...")]
     Missing,
     #[error(transparent)]
     Format(#[from] TokenFormatError),

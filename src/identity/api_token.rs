@@ -15,7 +15,7 @@ const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn
 /// Why a presented bearer is not a usable twinward token, decided without storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenFormatError {
-    #[error("only twinward API tokens (twt_…) are accepted here")]
+    #[error("only twinward API tokens (twt_...) are accepted here")]
     NotTwinward,
     #[error("malformed twinward API token")]
     Malformed,

@@ -1,0 +1,517 @@
+//! Test harness: a real upstream (hyper, HTTP/1.1 and HTTP/2), a real websocket upstream,
+//! and the real `twinward` binary started on free ports with files in a temp directory.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_twinward")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub body_len: u64,
+    pub version: String,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+}
+
+/// An upstream that records every request and answers with a JSON echo. Paths containing
+/// `/slow` answer after 3 seconds. Bodies are counted as they stream, never buffered.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let s2 = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = s2.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        async move { Ok::<_, std::convert::Infallible>(echo(req, seen).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen, task }
+    }
+
+    pub fn last(&self) -> Option<Seen> {
+        self.seen.lock().unwrap().last().cloned()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+async fn echo(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response<Full<Bytes>> {
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.as_str().to_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let method = req.method().to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    let slow = target.contains("/slow");
+    let mut body = req.into_body();
+    let mut body_len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    body_len += d.len() as u64;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let s = Seen {
+        method,
+        target,
+        headers,
+        body_len,
+        version,
+    };
+    let json = serde_json::json!({
+        "method": s.method, "target": s.target, "headers": s.headers, "body_len": s.body_len, "version": s.version,
+    });
+    seen.lock().unwrap().push(s);
+    if slow {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("x-upstream", "echo")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .unwrap()
+}
+
+/// A websocket server that echoes every message.
+pub struct WsUpstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl WsUpstream {
+    pub async fn start() -> WsUpstream {
+        use futures_util::{SinkExt, StreamExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        WsUpstream { addr, task }
+    }
+}
+
+/// One route for the gateway config.
+pub struct RouteSpec {
+    pub name: &'static str,
+    pub host: Option<&'static str>,
+    pub prefix: &'static str,
+    pub upstream: String,
+    pub twin: &'static str,
+    pub sensitivity: i64,
+    /// Extra TOML lines for this route.
+    pub extra: &'static str,
+}
+
+impl RouteSpec {
+    pub fn new(
+        name: &'static str,
+        prefix: &'static str,
+        upstream: SocketAddr,
+        twin: &'static str,
+        sensitivity: i64,
+    ) -> Self {
+        RouteSpec {
+            name,
+            host: None,
+            prefix,
+            upstream: format!("http://{upstream}"),
+            twin,
+            sensitivity,
+            extra: "",
+        }
+    }
+}
+
+/// A running gateway binary with its own directory.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    child: Child,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Default)]
+pub struct GatewayOptions {
+    pub routes: Vec<RouteSpec>,
+    /// Extra TOML lines inside `[server]`.
+    pub server_extra: String,
+    /// Extra top-level TOML (other sections).
+    pub extra: String,
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+impl Gateway {
+    pub fn start(opts: GatewayOptions) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&repo().join("policies"), &dir.path().join("policies"));
+        let port = free_port();
+        let admin_port = free_port();
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{}\n\n[credentials]\nissuer = \"https://gw.test\"\n\n{}\n",
+            opts.server_extra, opts.extra
+        );
+        for r in &opts.routes {
+            toml.push_str(&format!(
+                "[[routes]]\nname = \"{}\"\n{}path_prefix = \"{}\"\nupstream = \"{}\"\ntwin = \"{}\"\nattributes = {{ environment = \"twin\", site = \"{}\", sensitivity = {} }}\n{}\n",
+                r.name,
+                r.host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default(),
+                r.prefix,
+                r.upstream,
+                r.twin,
+                r.twin,
+                r.sensitivity,
+                r.extra
+            ));
+        }
+        let config = dir.path().join("twinward.toml");
+        std::fs::write(&config, toml).unwrap();
+        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start twinward");
+        let gw = Gateway {
+            dir,
+            config,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            child,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if raw(
+                self.admin,
+                "GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+            )
+            .is_ok_and(|r| r.status == 200)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway did not become ready; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn policies(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    /// Runs the CLI against this gateway's config.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run twinward")
+    }
+
+    /// Creates a token with the CLI and returns its text.
+    pub fn token(
+        &self,
+        service_account: &str,
+        roles: &[&str],
+        twins: &[&str],
+        ttl: &str,
+    ) -> String {
+        let mut args = vec![
+            "token",
+            "create",
+            "--service-account",
+            service_account,
+            "--ttl",
+            ttl,
+        ];
+        for r in roles {
+            args.extend(["--role", r]);
+        }
+        for t in twins {
+            args.extend(["--twin", t]);
+        }
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Id of the most recently created token (from `token list`).
+    pub fn last_token_id(&self) -> String {
+        let out = self.cli(&["token", "list"]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines()
+            .last()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Audit events as JSON values.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["audit", "export"]);
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits (up to 5 s) until the audit log holds an event matching `pred`.
+    pub fn wait_audit(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(e) = self.audit().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching audit event; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A raw HTTP/1.1 response.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Sends bytes exactly as given (no client-side normalization) and reads the response.
+/// The request should carry `Connection: close`.
+pub fn raw(addr: SocketAddr, request: &str) -> std::io::Result<RawResponse> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect::<Vec<_>>();
+    let body = if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(RawResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(rest.get(..n).unwrap_or(rest));
+        s = rest.get(n + 2..).unwrap_or("");
+    }
+    out
+}
+
+/// `GET target` with an optional bearer and extra header lines, sent byte for byte.
+pub fn get(
+    addr: SocketAddr,
+    target: &str,
+    bearer: Option<&str>,
+    extra: &[(&str, &str)],
+) -> RawResponse {
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = bearer {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    raw(addr, &req).expect("request")
+}
+
+/// Runs a command and fails with its output when it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

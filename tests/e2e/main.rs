@@ -1,0 +1,13 @@
+//! Integration and end-to-end tests, in one binary to link once: the real gateway binary,
+//! real upstreams, real files, real nginx and an independent JOSE implementation.
+
+mod cli;
+mod common;
+mod credentials;
+mod forward_auth;
+mod paths;
+mod policy_reload;
+mod policy_slicing;
+mod proxy_auth;
+mod streaming;
+mod token_exchange;
