@@ -206,7 +206,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Serve(a) => {
             let cfg = load_config(&a.config)?;
             init_logging(&cfg);
-            let rt = runtime_for(Some(&cfg))?;
+            // Requests are served on per-core worker threads of their own; this runtime runs
+            // the audit writer, watchers and the admin listener.
+            let rt = runtime_for(None)?;
             rt.block_on(twinward::server::run(cfg, shutdown_signal(), |_| {}))
                 .map_err(runtime)?;
             Ok(ExitCode::SUCCESS)

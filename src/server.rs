@@ -45,16 +45,21 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (gw, audit_task) = Gateway::start(config, clock).await?;
-    let public = bind(gw.config.server.listen).await?;
     let admin = match gw.config.server.admin_listen {
         Some(a) => Some(bind(a).await?),
         None => None,
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let listen = gw.config.server.listen;
+    let (public, workers) =
+        crate::http::spawn_workers(gw.clone(), listen, gw.config.server.workers, stop_rx).map_err(
+            |source| ServeError::Bind {
+                addr: listen,
+                source,
+            },
+        )?;
     let bound = Bound {
-        public: public.local_addr().map_err(|source| ServeError::Bind {
-            addr: gw.config.server.listen,
-            source,
-        })?,
+        public,
         admin: admin.as_ref().and_then(|a| a.local_addr().ok()),
     };
     tracing::info!(listen = %bound.public, admin = ?bound.admin, routes = gw.routes.routes().len(), policy_generation = gw.engine.current().generation, "twinward is serving");
@@ -83,8 +88,15 @@ pub async fn run(
         })
     });
 
-    crate::http::serve(gw.clone(), public, shutdown).await;
+    shutdown.await;
     tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+    })
+    .await;
     watcher.abort();
     key_watcher.abort();
     if let Some(t) = admin_task {

@@ -105,7 +105,89 @@ async fn dispatch(
     proxy::handle(state, peer, req, normalized).await
 }
 
-/// Serves the public listener until `shutdown` resolves, then drains open connections.
+fn reuseport_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Serves `addr` with one single-threaded runtime per worker, each with its own
+/// `SO_REUSEPORT` listener and its own upstream connection pools: the kernel spreads
+/// connections over the workers, and the request path has no work stealing and no pool lock
+/// shared between cores. Returns the bound address once every worker listens.
+pub fn spawn_workers(
+    gateway: Arc<Gateway>,
+    addr: SocketAddr,
+    workers: usize,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, Vec<std::thread::JoinHandle<()>>)> {
+    // Reserve the port (and learn it when the config asks for port 0) without listening,
+    // so no connection is queued on a socket nobody accepts from.
+    let reserve = reuseport_socket(addr)?;
+    reserve.bind(addr)?;
+    let bound = reserve.local_addr()?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    let mut handles = Vec::new();
+    for i in 0..workers.max(1) {
+        let gateway = gateway.clone();
+        let mut shutdown = shutdown.clone();
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("twinward-worker-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match reuseport_socket(bound).and_then(|s| {
+                        s.bind(bound)?;
+                        s.listen(4096)
+                    }) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok(()));
+                    serve(gateway, listener, async move {
+                        let _ = shutdown.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+                });
+            })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..handles.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(std::io::Error::other(
+                    "a worker thread stopped while starting",
+                ))
+            }
+        }
+    }
+    drop(reserve);
+    Ok((bound, handles))
+}
+
+/// Serves one listener until `shutdown` resolves, then drains open connections.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,

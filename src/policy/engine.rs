@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// The outcome of one authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +59,8 @@ pub struct Principal {
     pub id: String,
     pub roles: Vec<String>,
     entity: Entity,
+    /// Identifies the entity's content, for the per-generation entity cache.
+    key: Arc<str>,
 }
 
 impl Principal {
@@ -101,6 +103,7 @@ impl Principal {
             kind,
             id: id.to_owned(),
             roles: roles.to_vec(),
+            key: entity_key(&entity),
             entity,
         })
     }
@@ -116,10 +119,21 @@ impl Principal {
             kind,
             id: uid.id().unescaped().to_owned(),
             roles: Vec::new(),
+            key: entity_key(&entity),
             entity,
         }
     }
 }
+
+fn entity_key(e: &Entity) -> Arc<str> {
+    e.to_json_value()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| e.uid().to_string())
+        .into()
+}
+
+/// Entity stores per principal are cached for one generation; this bounds the cache.
+const MAX_CACHED_PRINCIPALS: usize = 10_000;
 
 pub fn uid(type_name: &str, id: &str) -> Result<EntityUid, PolicyError> {
     let t = EntityTypeName::from_str(type_name)
@@ -139,6 +153,9 @@ pub struct Loaded {
     roles: HashSet<String>,
     action_uids: [EntityUid; 3],
     principal_types: [EntityTypeName; 2],
+    /// The base entities plus one principal, with the transitive closure computed: built
+    /// once per principal and generation instead of on every request.
+    principal_entities: RwLock<HashMap<Arc<str>, Arc<Entities>>>,
 }
 
 struct TwinEntry {
@@ -311,6 +328,7 @@ impl Loaded {
             roles,
             action_uids,
             principal_types: [user_t, sa_t],
+            principal_entities: RwLock::new(HashMap::new()),
         };
         let twin_uids: Vec<EntityUid> = loaded
             .base_entities
@@ -382,13 +400,7 @@ impl Loaded {
             Err(e) => return self.deny_with(format!("context: {e}")),
         };
         let set = &entry.slices[Self::kind_index(principal.kind)][action as usize];
-        self.evaluate(
-            principal.entity.clone(),
-            action,
-            entry.uid.clone(),
-            context,
-            set,
-        )
+        self.evaluate(principal, action, entry.uid.clone(), context, set)
     }
 
     /// Decides over the full, unsliced set: the reference `decide` must agree with.
@@ -406,13 +418,12 @@ impl Loaded {
             Ok(c) => c,
             Err(e) => return self.deny_with(format!("context: {e}")),
         };
-        let set = self.bundle.policies.clone();
         self.evaluate(
-            principal.entity.clone(),
+            principal,
             action,
             entry.uid.clone(),
             context,
-            &set,
+            &self.bundle.policies,
         )
     }
 
@@ -460,18 +471,40 @@ impl Loaded {
         self.respond(&request, &set, &all)
     }
 
+    /// The entity store for one principal: the base entities plus the principal.
+    fn entities_for(&self, principal: &Principal) -> Result<Arc<Entities>, String> {
+        if let Ok(cache) = self.principal_entities.read() {
+            if let Some(e) = cache.get(&principal.key) {
+                return Ok(e.clone());
+            }
+        }
+        let entities = Arc::new(
+            self.base_entities
+                .clone()
+                .add_entities([principal.entity.clone()], None)
+                .map_err(|e| format!("entities: {e}"))?,
+        );
+        if let Ok(mut cache) = self.principal_entities.write() {
+            if cache.len() >= MAX_CACHED_PRINCIPALS {
+                cache.clear();
+            }
+            cache.insert(principal.key.clone(), entities.clone());
+        }
+        Ok(entities)
+    }
+
     fn evaluate(
         &self,
-        principal: Entity,
+        principal: &Principal,
         action: Action,
         resource: EntityUid,
         context: cedar_policy::Context,
         set: &PolicySet,
     ) -> Decision {
         let puid = principal.uid();
-        let entities = match self.base_entities.clone().add_entities([principal], None) {
+        let entities = match self.entities_for(principal) {
             Ok(e) => e,
-            Err(e) => return self.deny_with(format!("entities: {e}")),
+            Err(e) => return self.deny_with(e),
         };
         // INVARIANT: the context is built from typed values that match the schema (checked
         // by a unit test against the schema), so request validation is skipped here.
@@ -558,5 +591,96 @@ impl Engine {
         ctx: &RequestContext,
     ) -> Decision {
         self.current.load().decide(principal, action, twin, ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Timestamp;
+    use crate::policy::context::{AuthMethod, RequestInfo, TimeContext};
+
+    fn shipped() -> Loaded {
+        let bundle =
+            loader::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap();
+        Loaded::compile(bundle, &[], 1).unwrap()
+    }
+
+    fn ctx() -> RequestContext {
+        RequestContext::new(
+            AuthMethod::ApiToken,
+            "10.30.0.9".parse().unwrap(),
+            TimeContext::at(Timestamp::from_unix_secs(1_767_607_200), &chrono_tz::UTC),
+            RequestInfo {
+                method: "GET".into(),
+                path: "/plant-7/x".into(),
+            },
+        )
+    }
+
+    // INVARIANT check behind skipping request validation on the hot path: the typed context
+    // must always satisfy the schema's RequestContext, with and without `purpose`.
+    #[test]
+    fn typed_context_matches_the_schema() {
+        let l = shipped();
+        let p = Principal::service_account("ci", "ops", &["sim-runner".into()]).unwrap();
+        for purpose in [None, Some("ticket 42".to_owned())] {
+            let mut c = ctx();
+            c.purpose = purpose;
+            for a in Action::ALL {
+                let r = Request::new(
+                    p.uid(),
+                    l.action_uids[a as usize].clone(),
+                    uid("Twinward::Twin", "plant-7").unwrap(),
+                    c.to_cedar().unwrap(),
+                    Some(&l.bundle.schema),
+                );
+                // `admin` does not apply to service accounts; the context itself must fit.
+                if a != Action::Admin {
+                    r.unwrap();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sliced_and_unsliced_agree_on_the_shipped_set() {
+        let l = shipped();
+        let principals = [
+            Principal::service_account("sim", "ops", &["sim-runner".into()]).unwrap(),
+            Principal::service_account("etl", "ops", &["data-pipeline".into()]).unwrap(),
+            Principal::user("u1", "u@x", "idp", &["twin-operator".into()]).unwrap(),
+            Principal::user("u2", "v@x", "idp", &["contractor".into()]).unwrap(),
+            Principal::user("u3", "w@x", "idp", &[]).unwrap(),
+        ];
+        let mut allowed = 0;
+        for p in &principals {
+            for twin in ["plant-7", "plant-9", "sandbox", "all-plants"] {
+                for a in Action::ALL {
+                    let c = ctx();
+                    let sliced = l.decide(p, a, twin, &c);
+                    assert_eq!(sliced.allow, l.decide_unsliced(p, a, twin, &c).allow);
+                    assert_eq!(
+                        sliced.determining,
+                        l.decide_unsliced(p, a, twin, &c).determining
+                    );
+                    allowed += usize::from(sliced.allow);
+                }
+            }
+        }
+        assert!(
+            allowed > 5,
+            "the comparison must cover allowed requests too"
+        );
+    }
+
+    #[test]
+    fn unknown_twins_and_roles_deny() {
+        let l = shipped();
+        let p = Principal::service_account("sim", "ops", &["no-such-role".into()]).unwrap();
+        assert!(!l.decide(&p, Action::Read, "sandbox", &ctx()).allow);
+        let d = l.decide(&p, Action::Read, "no-such-twin", &ctx());
+        assert!(!d.allow && d.errors[0].contains("unknown twin"));
+        assert!(l.knows_role("twin-viewer") && !l.knows_role("no-such-role"));
     }
 }
