@@ -2,12 +2,13 @@
 //! event)`; the first event's `prev_hash` is [`GENESIS`]. Canonical JSON is serde_json's
 //! output of [`OwnedEvent`] (fixed field order, object keys sorted).
 
-use super::{OwnedEvent, StoredEvent};
+use super::StoredEvent;
 use sha2::{Digest, Sha256};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-pub fn hash_event(prev_hash: &str, seq: i64, event: &OwnedEvent) -> String {
+/// `event` is an [`super::OwnedEvent`] or an [`super::AuditEvent`]; both serialize identically.
+pub fn hash_event<E: serde::Serialize>(prev_hash: &str, seq: i64, event: &E) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(b"\n");

@@ -201,27 +201,34 @@ impl Store for SqliteStore {
                 Some(r) => (r.try_get("seq")?, r.try_get("hash")?),
                 None => (0, GENESIS.to_owned()),
             };
-            for e in &events {
-                seq += 1;
-                let owned = OwnedEvent::from(e);
-                let hash = hash_event(&prev, seq, &owned);
-                sqlx::query("INSERT INTO audit_events (seq, event_id, at_ms, kind, outcome, actor, actor_pseudonym, route, action, policies, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-                    .bind(seq)
-                    .bind(&owned.event_id)
-                    .bind(owned.at_ms)
-                    .bind(&owned.kind)
-                    .bind(&owned.outcome)
-                    .bind(&owned.actor)
-                    .bind(&owned.actor_pseudonym)
-                    .bind(&owned.route)
-                    .bind(&owned.action)
-                    .bind(serde_json::to_string(&owned.policies).unwrap_or_else(|_| "[]".into()))
-                    .bind(owned.detail.to_string())
-                    .bind(&prev)
-                    .bind(&hash)
-                    .execute(&mut *tx)
-                    .await?;
-                prev = hash;
+            // Multi-row inserts: one statement per chunk keeps the per-event cost to the
+            // hashing and the row itself.
+            for chunk in events.chunks(64) {
+                let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO audit_events (seq, event_id, at_ms, kind, outcome, actor, actor_pseudonym, route, action, policies, detail, prev_hash, hash) ",
+                );
+                let mut rows = Vec::with_capacity(chunk.len());
+                for e in chunk {
+                    seq += 1;
+                    let hash = hash_event(&prev, seq, e);
+                    rows.push((seq, e, std::mem::replace(&mut prev, hash.clone()), hash));
+                }
+                qb.push_values(rows, |mut b, (seq, e, prev_hash, hash)| {
+                    b.push_bind(seq)
+                        .push_bind(e.event_id.clone())
+                        .push_bind(e.at_ms)
+                        .push_bind(e.kind)
+                        .push_bind(e.outcome)
+                        .push_bind(e.actor.clone())
+                        .push_bind(e.actor_pseudonym.clone())
+                        .push_bind(e.route.clone())
+                        .push_bind(e.action.clone())
+                        .push_bind(serde_json::to_string(&e.policies).unwrap_or_else(|_| "[]".into()))
+                        .push_bind(e.detail.to_string())
+                        .push_bind(prev_hash)
+                        .push_bind(hash);
+                });
+                qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
