@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use toml::Spanned;
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct FileConfig {
     #[serde(default)]
     pub server: ServerFile,
@@ -32,7 +32,7 @@ pub struct FileConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct ServerFile {
     pub listen: Option<Spanned<String>>,
     pub admin_listen: Option<Spanned<String>>,
@@ -47,21 +47,21 @@ pub struct ServerFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct TlsFile {
     pub cert_file: String,
     pub key_file: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct StorageFile {
     pub url: Option<Spanned<String>>,
     pub url_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct CredentialsFile {
     pub issuer: Option<Spanned<String>>,
     pub ttl: Option<Spanned<HumanDuration>>,
@@ -73,14 +73,14 @@ pub struct CredentialsFile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct IdentityFile {
     pub pseudonym_key_file: Option<Spanned<String>>,
     pub pseudonym_key_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct PolicyFile {
     pub dir: Option<Spanned<String>>,
     /// Watch the directory and reload on change (SIGHUP always reloads).
@@ -88,7 +88,7 @@ pub struct PolicyFile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct LocationFile {
     pub timezone: Option<Spanned<String>>,
     #[serde(default)]
@@ -96,26 +96,26 @@ pub struct LocationFile {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct ApiTokensFile {
     pub max_ttl: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct AuditFile {
     pub sink: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct LogFile {
     pub format: Option<Spanned<String>>,
     pub level: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 pub struct RouteFile {
     pub name: String,
     pub host: Option<String>,

@@ -236,7 +236,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parses and validates config text. `file` names it in messages; relative paths resolve
 /// against `base_dir`.
 pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-    let raw: FileConfig = toml::from_str(text).map_err(|e| {
+    // Unknown keys are collected rather than fatal, so one run reports all of them (with
+    // the rest of the problems); a value of the wrong type still stops the parse.
+    let mut unknown = Vec::new();
+    let raw: Result<FileConfig, _> =
+        serde_ignored::deserialize(toml::Deserializer::new(text), |path| {
+            unknown.push(path.to_string())
+        });
+    let raw = raw.map_err(|e| {
         let position = e.span().map(|s| line_col(text, s.start));
         ConfigError {
             problems: vec![Problem {
@@ -246,12 +253,17 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigEr
             }],
         }
     })?;
+    let doc = toml_edit::ImDocument::parse(text).ok();
     let mut v = Validator {
         text,
         file,
         base_dir,
         problems: Vec::new(),
     };
+    for path in unknown {
+        let at = doc.as_ref().and_then(|d| key_offset(d, &path));
+        v.problem_at(at, format!("unknown key `{path}`"));
+    }
     let config = v.config(raw);
     if v.problems.is_empty() {
         Ok(config)
@@ -260,6 +272,59 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigEr
             problems: v.problems,
         })
     }
+}
+
+/// A place in a parsed TOML document, for finding where an unknown key was written.
+enum Node<'a> {
+    Table(&'a toml_edit::Table),
+    Inline(&'a toml_edit::InlineTable),
+    Tables(&'a toml_edit::ArrayOfTables),
+    Leaf,
+}
+
+impl<'a> Node<'a> {
+    fn of(item: &'a toml_edit::Item) -> Node<'a> {
+        if let Some(t) = item.as_table() {
+            Node::Table(t)
+        } else if let Some(a) = item.as_array_of_tables() {
+            Node::Tables(a)
+        } else if let Some(i) = item.as_inline_table() {
+            Node::Inline(i)
+        } else {
+            Node::Leaf
+        }
+    }
+}
+
+/// Byte offset of the key at a dotted path such as `server.lisen` or `routes.1.upstreem`.
+fn key_offset(doc: &toml_edit::ImDocument<&str>, path: &str) -> Option<usize> {
+    let mut node = Node::Table(doc.as_table());
+    let mut offset = None;
+    let span = |k: Option<&toml_edit::Key>| k.and_then(|k| k.span()).map(|r| r.start);
+    for seg in path.split('.') {
+        node = match node {
+            Node::Tables(aot) => match seg.parse::<usize>().ok().and_then(|i| aot.get(i)) {
+                Some(t) => Node::Table(t),
+                None => return offset,
+            },
+            Node::Table(t) => {
+                offset = span(t.key(seg)).or(offset);
+                match t.get(seg) {
+                    Some(item) => Node::of(item),
+                    None => return offset,
+                }
+            }
+            Node::Inline(t) => {
+                offset = span(t.key(seg)).or(offset);
+                match t.get(seg).and_then(|v| v.as_inline_table()) {
+                    Some(i) => Node::Inline(i),
+                    None => Node::Leaf,
+                }
+            }
+            Node::Leaf => return offset,
+        };
+    }
+    offset
 }
 
 /// 1-based line and column of a byte offset.

@@ -83,6 +83,7 @@ fn unknown_keys_name_the_key_and_line() {
 fn every_problem_is_listed_at_once() {
     let text = r#"
 [server]
+listen_port = 1
 production_hosts = ["*.prod.example.com"]
 trusted_proxies = ["not-a-net"]
 
@@ -100,6 +101,7 @@ twin = "a"
 
 [[routes]]
 name = "b"
+colour = "red"
 path_prefix = "/x"
 upstream = "http://127.0.0.1:1"
 
@@ -131,7 +133,7 @@ twin = "d"
     assert!(
         e.problems
             .iter()
-            .any(|p| p.message.contains("production host") && p.position.map(|x| x.0) == Some(13)),
+            .any(|p| p.message.contains("production host") && p.position.map(|x| x.0) == Some(14)),
         "{all}"
     );
 }

@@ -223,7 +223,9 @@ impl Store for SqliteStore {
                         .push_bind(e.actor_pseudonym.clone())
                         .push_bind(e.route.clone())
                         .push_bind(e.action.clone())
-                        .push_bind(serde_json::to_string(&e.policies).unwrap_or_else(|_| "[]".into()))
+                        .push_bind(
+                            serde_json::to_string(&e.policies).unwrap_or_else(|_| "[]".into()),
+                        )
                         .push_bind(e.detail.to_string())
                         .push_bind(prev_hash)
                         .push_bind(hash);
