@@ -14,6 +14,14 @@ impl Timestamp {
         Timestamp(Duration::from_secs(secs.max(0).unsigned_abs()))
     }
 
+    pub fn from_unix_millis(ms: u64) -> Self {
+        Timestamp(Duration::from_millis(ms))
+    }
+
+    pub fn unix_millis(self) -> u64 {
+        u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX)
+    }
+
     pub fn from_unix_duration(d: Duration) -> Self {
         Timestamp(d)
     }
@@ -53,6 +61,8 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    // The one sanctioned read of the wall clock.
+    #[allow(clippy::disallowed_methods)]
     fn now(&self) -> Timestamp {
         Timestamp(
             SystemTime::now()

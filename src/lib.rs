@@ -6,6 +6,8 @@
 //! ([`credentials`]) and records the decision ([`audit`]); [`http`] then proxies to the twin.
 //! Only [`http`] knows about HTTP types.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod access;
 pub mod audit;
 pub mod clock;

@@ -4,7 +4,6 @@ use anyhow::{anyhow, Context as _};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use twinward::access::startup::pseudonym_key;
 use twinward::access::tokens::{issue, NewTokenSpec};
 use twinward::audit::{verify_chain, GENESIS};
 use twinward::clock::{Clock, SystemClock};
@@ -51,6 +50,8 @@ enum Command {
     Audit(AuditCmd),
 }
 
+// Parsed once per run; the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum PolicyCmd {
     /// Strict validation against the schema.
@@ -184,6 +185,7 @@ fn init_logging(cfg: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if cfg.log.json {
         builder.json().init();
@@ -238,13 +240,8 @@ async fn shutdown_signal() {
 
 fn check(path: &Path) -> Result<ExitCode, Failure> {
     let mut problems: Vec<String> = Vec::new();
-    let cfg = match config::load(path) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            problems.extend(e.problems.iter().map(ToString::to_string));
-            None
-        }
-    };
+    let (cfg, config_problems) = config::load_lenient(path);
+    problems.extend(config_problems.iter().map(ToString::to_string));
     if let Some(cfg) = &cfg {
         match loader::load_dir(&cfg.policy.dir) {
             Ok(bundle) => {
@@ -263,7 +260,7 @@ fn check(path: &Path) -> Result<ExitCode, Failure> {
             if let Err(e) = keys::load(
                 &c.keys_dir,
                 c.algorithm,
-                c.rotation_overlap,
+                c.timing(),
                 SystemClock.now(),
                 false,
             ) {
@@ -522,16 +519,23 @@ fn keys_cmd(cmd: KeysCmd) -> Result<ExitCode, Failure> {
     if let KeysCmd::Rotate(_) = cmd {
         let path = keys::generate(&c.keys_dir, c.algorithm, now).map_err(runtime)?;
         println!("new signing key {}", path.display());
-        println!("running gateways pick it up within a second; the previous key stays in the JWKS for {}", config::duration::format(c.rotation_overlap));
-        let _ = pseudonym_key(&cfg, false);
+        println!(
+            "running gateways publish it within a second and sign with it after {}; the previous key stays in the JWKS for {} after that",
+            config::duration::format(c.activation_delay),
+            config::duration::format(c.rotation_overlap)
+        );
     }
-    let ring =
-        keys::load(&c.keys_dir, c.algorithm, c.rotation_overlap, now, false).map_err(runtime)?;
+    let ring = keys::load(&c.keys_dir, c.algorithm, c.timing(), now, false).map_err(runtime)?;
     for k in &ring.published {
         let state = if k.kid == ring.current.kid {
-            "current"
+            "current (signing)".to_owned()
+        } else if k.created > ring.current.created {
+            format!(
+                "published, signs from {}",
+                k.created.saturating_add(c.activation_delay).to_rfc3339()
+            )
         } else {
-            "published (overlap)"
+            "published (overlap)".to_owned()
         };
         println!(
             "{}  {}  created {}  {state}",

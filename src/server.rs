@@ -131,7 +131,7 @@ async fn report_reload(gw: &Gateway, outcome: ReloadOutcome) {
             file_hashes,
         } => {
             for p in &problems {
-                tracing::error!(file = %p.file, position = ?p.position, problem = %p.message, "policy change rejected; the last good set stays in force");
+                tracing::error!(dir = %gw.config.policy.dir.display(), problem = %p, "policy change rejected; the last good set stays in force");
             }
             gw.metrics
                 .reloads
@@ -160,17 +160,11 @@ async fn watch_keys(gw: Arc<Gateway>) {
         tick.tick().await;
         since_refresh += 1;
         let now_fp = keys::fingerprint(&cfg.keys_dir);
-        if now_fp == last && since_refresh < 60 {
+        if now_fp == last && since_refresh < 5 {
             continue;
         }
         since_refresh = 0;
-        match keys::load(
-            &cfg.keys_dir,
-            cfg.algorithm,
-            cfg.rotation_overlap,
-            gw.now(),
-            false,
-        ) {
+        match keys::load(&cfg.keys_dir, cfg.algorithm, cfg.timing(), gw.now(), false) {
             Ok(ring) => {
                 if now_fp != last {
                     tracing::info!(kid = %ring.current.kid, published = ring.published.len(), "signing keys reloaded");

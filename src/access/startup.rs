@@ -100,7 +100,7 @@ impl Gateway {
         let ring = keys::load(
             &config.credentials.keys_dir,
             config.credentials.algorithm,
-            config.credentials.rotation_overlap,
+            config.credentials.timing(),
             now,
             true,
         )?;

@@ -70,6 +70,8 @@ pub struct CredentialsFile {
     pub keys_dir: Option<Spanned<String>>,
     /// How long a rotated-out key stays in the JWKS.
     pub rotation_overlap: Option<Spanned<HumanDuration>>,
+    /// How long a rotated-in key is published before it signs.
+    pub activation_delay: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -115,6 +115,16 @@ pub struct CredentialsConfig {
     pub algorithm: SigningAlgorithm,
     pub keys_dir: PathBuf,
     pub rotation_overlap: Duration,
+    pub activation_delay: Duration,
+}
+
+impl CredentialsConfig {
+    pub fn timing(&self) -> crate::credentials::keys::KeyTiming {
+        crate::credentials::keys::KeyTiming {
+            activation_delay: self.activation_delay,
+            overlap: self.rotation_overlap,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +199,15 @@ pub enum HostPattern {
     Suffix(String),
 }
 
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
 impl HostPattern {
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -225,17 +244,47 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             message: format!("cannot read config file: {e}"),
         }],
     })?;
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from("."));
-    parse(&text, &name, &base)
+    parse(&text, &name, &base_dir_of(path))
 }
 
 /// Parses and validates config text. `file` names it in messages; relative paths resolve
 /// against `base_dir`.
 pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    match parse_lenient(text, file, base_dir) {
+        (Some(c), problems) if problems.is_empty() => Ok(c),
+        (_, problems) => Err(ConfigError { problems }),
+    }
+}
+
+/// Like [`load`], but also returns the config as far as it could be validated, so
+/// `twinward check` can go on to check policies and keys and report everything at once.
+/// Parts with problems take their defaults; invalid routes are left out.
+pub fn load_lenient(path: &Path) -> (Option<Config>, Vec<Problem>) {
+    let name = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return (
+                None,
+                vec![Problem {
+                    file: name,
+                    position: None,
+                    message: format!("cannot read config file: {e}"),
+                }],
+            )
+        }
+    };
+    parse_lenient(&text, &name, &base_dir_of(path))
+}
+
+fn base_dir_of(path: &Path) -> PathBuf {
+    path.parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn parse_lenient(text: &str, file: &str, base_dir: &Path) -> (Option<Config>, Vec<Problem>) {
     // Unknown keys are collected rather than fatal, so one run reports all of them (with
     // the rest of the problems); a value of the wrong type still stops the parse.
     let mut unknown = Vec::new();
@@ -243,16 +292,18 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigEr
         serde_ignored::deserialize(toml::Deserializer::new(text), |path| {
             unknown.push(path.to_string())
         });
-    let raw = raw.map_err(|e| {
-        let position = e.span().map(|s| line_col(text, s.start));
-        ConfigError {
-            problems: vec![Problem {
+    let raw = match raw {
+        Ok(r) => r,
+        Err(e) => {
+            let position = e.span().map(|s| line_col(text, s.start));
+            let problem = Problem {
                 file: file.to_owned(),
                 position,
                 message: e.message().trim_end_matches('\n').to_owned(),
-            }],
+            };
+            return (None, vec![problem]);
         }
-    })?;
+    };
     let doc = toml_edit::ImDocument::parse(text).ok();
     let mut v = Validator {
         text,
@@ -265,13 +316,7 @@ pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigEr
         v.problem_at(at, format!("unknown key `{path}`"));
     }
     let config = v.config(raw);
-    if v.problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError {
-            problems: v.problems,
-        })
-    }
+    (Some(config), v.problems)
 }
 
 /// A place in a parsed TOML document, for finding where an unknown key was written.
@@ -613,6 +658,11 @@ impl Validator<'_> {
             algorithm,
             keys_dir: self.path(raw.keys_dir.as_ref().map_or("keys", |d| d.get_ref())),
             rotation_overlap: overlap,
+            // Twins cache the JWKS (max-age 60s); a new key is published at least that long
+            // before it signs.
+            activation_delay: raw
+                .activation_delay
+                .map_or(Duration::from_secs(120), |d| d.into_inner().0),
         }
     }
 
@@ -709,7 +759,7 @@ impl Validator<'_> {
                 if let Some(p) = prod.iter().find(|p| p.matches(h)) {
                     self.problem_at(
                         Some(at),
-                        format!("{label}: host {h:?} is a production host ({p:?} in server.production_hosts); routes serve twins only"),
+                        format!("{label}: host {h:?} is a production host ({p} in server.production_hosts); routes serve twins only"),
                     );
                 }
             }
@@ -750,7 +800,7 @@ impl Validator<'_> {
                     if let Some(p) = prod.iter().find(|p| p.matches(&u.host)) {
                         self.problem_at(
                             Some(at),
-                            format!("{label}: upstream {:?} is a production host ({p:?} in server.production_hosts); routes serve twins only", r.upstream),
+                            format!("{label}: upstream {:?} is a production host ({p} in server.production_hosts); routes serve twins only", r.upstream),
                         );
                     }
                     Some(u)

@@ -1,7 +1,8 @@
 //! Signing keys on disk: one PKCS#8 file per key in the keys directory, named
-//! `<created unix seconds>-<kid>.<alg>.p8`. The newest key signs; older keys stay published
-//! in the JWKS until `rotation_overlap` after their successor was created, so credentials
-//! they signed verify until they expire.
+//! `<created unix milliseconds>-<kid>.<alg>.p8`. A new key is published in the JWKS at once
+//! but signs only after `activation_delay`, so twins that cache the JWKS learn it before they
+//! meet it. The newest active key signs; an older key stays published for `rotation_overlap`
+//! after its successor started signing, so credentials it signed verify until they expire.
 //!
 //! INVARIANT: key files are mode 0600 and the gateway refuses to start when a key file can
 //! be read by group or others.
@@ -180,8 +181,20 @@ pub fn generate(
         }
     };
     let der = doc.as_ref();
-    let probe = SigningKey::from_pkcs8(alg, der, now, PathBuf::new())?;
-    let name = format!("{}-{}.{}.p8", now.unix_secs(), probe.kid, alg.jose_name());
+    // Creation times order the keys, so they must be strictly increasing even when two
+    // rotations fall in the same millisecond.
+    let newest = read_keys(dir)?.iter().map(|k| k.created).max();
+    let created = match newest {
+        Some(n) if n >= now => n.saturating_add(Duration::from_millis(1)),
+        _ => now,
+    };
+    let probe = SigningKey::from_pkcs8(alg, der, created, PathBuf::new())?;
+    let name = format!(
+        "{}-{}.{}.p8",
+        created.unix_millis(),
+        probe.kid,
+        alg.jose_name()
+    );
     let path = dir.join(&name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = fs::OpenOptions::new()
@@ -197,11 +210,21 @@ pub fn generate(
     Ok(path)
 }
 
-/// Reads every key in `dir`. With `create_if_empty`, an empty directory gets its first key.
+/// When keys sign and how long they stay published.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyTiming {
+    /// How long a new key is published before it signs.
+    pub activation_delay: Duration,
+    /// How long a replaced key stays published after its successor started signing.
+    pub overlap: Duration,
+}
+
+/// Reads every key in `dir`. With `create_if_empty`, an empty directory gets its first key
+/// (which signs at once: there is nothing to be published before).
 pub fn load(
     dir: &Path,
     alg: SigningAlgorithm,
-    overlap: Duration,
+    timing: KeyTiming,
     now: Timestamp,
     create_if_empty: bool,
 ) -> Result<KeyRing, KeyStoreError> {
@@ -213,8 +236,14 @@ pub fn load(
         generate(dir, alg, now)?;
         keys = read_keys(dir)?;
     }
+    // Newest first.
     keys.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.kid.cmp(&a.kid)));
-    let Some(current) = keys.first().cloned() else {
+    let active_at = |k: &SigningKey| k.created.saturating_add(timing.activation_delay);
+    let current_index = keys
+        .iter()
+        .position(|k| active_at(k) <= now)
+        .unwrap_or(keys.len().saturating_sub(1));
+    let Some(current) = keys.get(current_index).cloned() else {
         return Err(KeyStoreError::Io {
             path: dir.display().to_string(),
             source: std::io::Error::new(
@@ -223,15 +252,20 @@ pub fn load(
             ),
         });
     };
-    let mut published = vec![current.clone()];
+    let mut published = Vec::new();
     let mut expired = Vec::new();
-    // A key retires when its successor is created and stays published for `overlap`.
-    for pair in keys.windows(2) {
-        let (newer, older) = (&pair[0], &pair[1]);
-        if now.saturating_since(newer.created) < overlap {
-            published.push(older.clone());
+    for (i, k) in keys.iter().enumerate() {
+        if i <= current_index {
+            // Pending keys and the current one.
+            published.push(k.clone());
+            continue;
+        }
+        // Replaced when its successor started signing; published for `overlap` after that.
+        let successor = keys.get(i - 1).map_or(now, |s| active_at(s));
+        if now.saturating_since(successor) < timing.overlap {
+            published.push(k.clone());
         } else {
-            expired.push(older.clone());
+            expired.push(k.clone());
         }
     }
     Ok(KeyRing {
@@ -273,7 +307,7 @@ fn read_keys(dir: &Path) -> Result<Vec<Arc<SigningKey>>, KeyStoreError> {
             });
         }
         let der = fs::read(&path).map_err(io(&path))?;
-        let created = Timestamp::from_unix_secs(created.parse().unwrap_or(0));
+        let created = Timestamp::from_unix_millis(created.parse().unwrap_or(0));
         out.push(Arc::new(SigningKey::from_pkcs8(alg, &der, created, path)?));
     }
     Ok(out)
@@ -297,35 +331,36 @@ pub fn fingerprint(dir: &Path) -> Vec<String> {
 mod tests {
     use super::*;
 
+    const T: KeyTiming = KeyTiming {
+        activation_delay: Duration::from_secs(120),
+        overlap: Duration::from_secs(3600),
+    };
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
     #[test]
-    fn generates_loads_and_rotates_with_overlap() {
+    fn rotation_publishes_first_then_signs_then_retires_after_the_overlap() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("keys");
         let t0 = Timestamp::from_unix_secs(1_000_000);
-        let ring = load(
-            &dir,
-            SigningAlgorithm::EdDsa,
-            Duration::from_secs(3600),
-            t0,
-            true,
-        )
-        .unwrap();
+        let ring = load(&dir, SigningAlgorithm::EdDsa, T, t0, true).unwrap();
         assert_eq!(ring.published.len(), 1);
         let first = ring.current.kid.clone();
-        let mode = fs::metadata(&ring.current.path)
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o600);
+        assert_eq!(mode(&ring.current.path), 0o600);
 
         let t1 = t0.saturating_add(Duration::from_secs(60));
         generate(&dir, SigningAlgorithm::EdDsa, t1).unwrap();
+        // Published at once, but the old key signs until the activation delay has passed.
+        let ring = load(&dir, SigningAlgorithm::EdDsa, T, t1, false).unwrap();
+        assert_eq!(ring.current.kid, first);
+        assert_eq!(ring.published.len(), 2);
         let ring = load(
             &dir,
             SigningAlgorithm::EdDsa,
-            Duration::from_secs(3600),
-            t1,
+            T,
+            t1.saturating_add(Duration::from_secs(120)),
             false,
         )
         .unwrap();
@@ -336,17 +371,34 @@ mod tests {
             "previous key stays published during the overlap"
         );
 
-        let later = t1.saturating_add(Duration::from_secs(3601));
-        let ring = load(
-            &dir,
-            SigningAlgorithm::EdDsa,
-            Duration::from_secs(3600),
-            later,
-            false,
-        )
-        .unwrap();
+        let later = t1.saturating_add(Duration::from_secs(120 + 3600));
+        let ring = load(&dir, SigningAlgorithm::EdDsa, T, later, false).unwrap();
         assert_eq!(ring.published.len(), 1);
         assert_eq!(ring.expired.len(), 1);
+    }
+
+    #[test]
+    fn rotations_in_the_same_millisecond_keep_their_order() {
+        let d = tempfile::tempdir().unwrap();
+        let t0 = Timestamp::from_unix_secs(1_000_000);
+        let now = KeyTiming {
+            activation_delay: Duration::ZERO,
+            overlap: Duration::from_secs(60),
+        };
+        let mut newest = String::new();
+        for _ in 0..5 {
+            generate(d.path(), SigningAlgorithm::EdDsa, t0).unwrap();
+            let ring = load(
+                d.path(),
+                SigningAlgorithm::EdDsa,
+                now,
+                t0.saturating_add(Duration::from_secs(1)),
+                false,
+            )
+            .unwrap();
+            assert_ne!(ring.current.kid, newest, "the newest key must sign");
+            newest = ring.current.kid.clone();
+        }
     }
 
     #[test]
@@ -355,14 +407,7 @@ mod tests {
         let t0 = Timestamp::from_unix_secs(1_000_000);
         let p = generate(d.path(), SigningAlgorithm::Es256, t0).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
-        let err = load(
-            d.path(),
-            SigningAlgorithm::Es256,
-            Duration::from_secs(60),
-            t0,
-            false,
-        )
-        .unwrap_err();
+        let err = load(d.path(), SigningAlgorithm::Es256, T, t0, false).unwrap_err();
         assert!(matches!(err, KeyStoreError::Permissions { .. }), "{err}");
     }
 }

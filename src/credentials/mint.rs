@@ -212,7 +212,10 @@ mod tests {
         let ring = super::super::keys::load(
             d.path(),
             alg,
-            Duration::from_secs(3600),
+            super::super::keys::KeyTiming {
+                activation_delay: Duration::ZERO,
+                overlap: Duration::from_secs(3600),
+            },
             Timestamp::from_unix_secs(1000),
             true,
         )

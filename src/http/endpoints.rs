@@ -118,13 +118,7 @@ pub async fn verify(
             false,
         );
     };
-    let client_ip = gw.network.client_ip(
-        peer.ip(),
-        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-        headers
-            .get(http::header::FORWARDED)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let client_ip = super::proxy::client_ip(gw, peer.ip(), &headers);
     let access = AccessRequest {
         route,
         method: &orig.method,
@@ -230,13 +224,7 @@ pub async fn token_exchange(
             None,
         );
     };
-    let client_ip = gw.network.client_ip(
-        peer.ip(),
-        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-        headers
-            .get(http::header::FORWARDED)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let client_ip = super::proxy::client_ip(gw, peer.ip(), &headers);
     match gw
         .exchange(&subject, route, client_ip, purpose(&headers))
         .await

@@ -52,18 +52,10 @@ fn gateway_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Rewrites the request target to its normalized path (query kept as sent), or refuses it.
-fn normalize_target(req: &mut Request<Incoming>) -> Result<path::NormalizedPath, Response<Body>> {
-    let html = error::wants_html(req.headers());
-    let normalized = path::normalize(req.uri().path()).map_err(|e| {
-        error::problem(
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
-            &format!("refused path: {e}"),
-            None,
-            html,
-        )
-    })?;
+/// Rewrites the request target to its normalized path (query kept as sent), or says why
+/// the target is refused.
+fn normalize_target(req: &mut Request<Incoming>) -> Result<path::NormalizedPath, String> {
+    let normalized = path::normalize(req.uri().path()).map_err(|e| format!("refused path: {e}"))?;
     if normalized.as_str() != req.uri().path() {
         let pq = match req.uri().query() {
             Some(q) => format!("{}?{}", normalized.as_str(), q),
@@ -71,15 +63,8 @@ fn normalize_target(req: &mut Request<Incoming>) -> Result<path::NormalizedPath,
         };
         let mut parts = req.uri().clone().into_parts();
         parts.path_and_query = pq.parse().ok();
-        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| {
-            error::problem(
-                StatusCode::BAD_REQUEST,
-                "Bad Request",
-                "invalid request target",
-                None,
-                html,
-            )
-        })?;
+        *req.uri_mut() =
+            http::Uri::from_parts(parts).map_err(|_| "invalid request target".to_owned())?;
     }
     Ok(normalized)
 }
@@ -92,7 +77,10 @@ async fn dispatch(
 ) -> Response<Body> {
     let normalized = match normalize_target(&mut req) {
         Ok(p) => p,
-        Err(resp) => return resp,
+        Err(why) => {
+            let html = error::wants_html(req.headers());
+            return error::problem(StatusCode::BAD_REQUEST, "Bad Request", &why, None, html);
+        }
     };
     let p = normalized.as_str();
     if p.starts_with(RESERVED_PREFIX) || p == "/.twinward" || p == "/.well-known/jwks.json" {

@@ -29,7 +29,7 @@ pub const GATEWAY_COOKIES: [&str; 2] = ["__Host-twinward", "twinward"];
 
 /// One pooled client per route (each route has its own timeouts and protocol).
 pub struct Upstreams {
-    clients: Vec<Client<HttpConnector, Incoming>>,
+    clients: Vec<Client<HttpConnector, UploadBody>>,
 }
 
 impl Upstreams {
@@ -51,9 +51,93 @@ impl Upstreams {
         Upstreams { clients }
     }
 
-    fn client(&self, route: &Route) -> Option<&Client<HttpConnector, Incoming>> {
+    fn client(&self, route: &Route) -> Option<&Client<HttpConnector, UploadBody>> {
         self.clients.get(route.index)
     }
+}
+
+/// The request body on its way upstream, which says when it has been sent completely.
+pub struct UploadBody {
+    inner: Incoming,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl UploadBody {
+    fn new(inner: Incoming) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut b = UploadBody {
+            inner,
+            done: Some(tx),
+        };
+        if hyper::body::Body::is_end_stream(&b.inner) {
+            b.finish();
+        }
+        (b, rx)
+    }
+
+    fn finish(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl hyper::body::Body for UploadBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Every line of a list header joined into one value: several `X-Forwarded-For` lines are
+/// one list in order (a proxy may append its own line after the client's).
+pub fn joined(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in headers.get_all(name) {
+        let v = v.to_str().ok()?;
+        match &mut out {
+            Some(s) => {
+                s.push_str(", ");
+                s.push_str(v);
+            }
+            None => out = Some(v.to_owned()),
+        }
+    }
+    out
+}
+
+/// The client address: the socket peer, or from the forwarding headers when the peer is a
+/// trusted proxy.
+pub fn client_ip(
+    gw: &crate::access::Gateway,
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+) -> std::net::IpAddr {
+    if !gw.network.is_trusted(peer) {
+        return crate::signals::network::canonical(peer);
+    }
+    gw.network.client_ip(
+        peer,
+        joined(headers, "x-forwarded-for").as_deref(),
+        joined(headers, header::FORWARDED).as_deref(),
+    )
 }
 
 /// `Authorization: Bearer <token>` (scheme case-insensitive).
@@ -173,11 +257,7 @@ pub async fn handle(
     };
     let route = route.clone();
     let headers = req.headers();
-    let client_ip = gw.network.client_ip(
-        peer.ip(),
-        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-        headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()),
-    );
+    let client_ip = client_ip(gw, peer.ip(), headers);
     let access = AccessRequest {
         route: &route,
         method: req.method().as_str(),
@@ -279,11 +359,7 @@ async fn forward(
         "http".to_owned()
     };
     let prior_xff = if peer_trusted {
-        parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+        joined(&parts.headers, "x-forwarded-for")
     } else {
         None
     };
@@ -340,10 +416,21 @@ async fn forward(
     } else {
         Version::HTTP_11
     };
+    let (body, sent) = UploadBody::new(body);
     let up_req = Request::from_parts(parts, body);
 
     let started = Instant::now();
-    let result = tokio::time::timeout(cfg.timeout, client.request(up_req)).await;
+    // The route timeout runs from the end of the request body to the response headers, so
+    // a long upload to a working twin is not cut off.
+    let response = client.request(up_req);
+    tokio::pin!(response);
+    let result = tokio::select! {
+        r = &mut response => Ok(r),
+        _ = async {
+            let _ = sent.await;
+            tokio::time::sleep(cfg.timeout).await;
+        } => Err(()),
+    };
     gw.metrics
         .upstream_seconds
         .get_or_create(&RouteLabel {

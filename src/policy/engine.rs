@@ -309,7 +309,7 @@ impl Loaded {
             .policies
             .policies()
             .map(|pol| {
-                let s = Scope::of(pol, |a| action_uids[a as usize].clone(), &action_ancestors);
+                let s = Scope::of(pol, |a| action_uids[a as usize].clone(), action_ancestors);
                 (pol.clone(), s)
             })
             .collect();

@@ -1,1 +1,688 @@
-//! (tests to come)
+//! Streaming, websockets, upstream failures, HTTP/2, pooling and forwarding headers through
+//! the real gateway binary.
+
+use crate::common::*;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
+
+const MIB: u64 = 1 << 20;
+/// Peak resident memory the gateway may reach while streaming far more than that.
+const RSS_LIMIT_KIB: u64 = 96 * 1024;
+
+/// Peak resident set size (VmHWM) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+}
+
+async fn plant7(extra: &'static str) -> (Upstream, Gateway, String) {
+    let up = Upstream::start().await;
+    let mut route = RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2);
+    route.extra = extra;
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![route],
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    (up, gw, token)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// Reads an HTTP/1.1 response head; returns (status, lowercase headers, bytes already read
+/// past the head).
+fn read_head(s: &mut TcpStream) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut chunk).expect("read response head");
+        assert!(n > 0, "connection closed before the response head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, buf[end + 4..].to_vec())
+}
+
+// ---------------------------------------------------------------------------------------
+// a. Bodies stream both ways, nothing is buffered.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_gib_request_body_streams_to_the_upstream_in_bounded_memory() {
+    const SIZE: u64 = 1 << 30;
+    let (up, gw, token) = plant7("").await;
+    let addr = gw.addr;
+    let started = Instant::now();
+    let (status, body) = blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let head = format!(
+            "POST /plant-7/upload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let chunk = vec![0x5a_u8; MIB as usize];
+        for i in 0..SIZE / MIB {
+            if let Err(e) = s.write_all(&chunk) {
+                panic!("gateway stopped reading after {i} MiB: {e}");
+            }
+        }
+        let (status, _, mut rest) = read_head(&mut s);
+        s.read_to_end(&mut rest).unwrap();
+        (status, String::from_utf8_lossy(&rest).into_owned())
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let peak = peak_rss_kib(gw.pid());
+    eprintln!(
+        "1 GiB upload: {elapsed:?}, gateway peak RSS {} MiB",
+        peak / 1024
+    );
+    assert_eq!(status, 200, "{body}");
+    let seen = up.last().expect("the upstream saw the upload");
+    assert_eq!(
+        seen.body_len, SIZE,
+        "upstream counted a different body size"
+    );
+    assert!(body.contains(&format!("\"body_len\":{SIZE}")), "{body}");
+    assert!(
+        peak < RSS_LIMIT_KIB,
+        "gateway peak RSS {peak} KiB while streaming 1 GiB: the body was buffered"
+    );
+}
+
+/// An upstream whose every response is `size` bytes, produced 1 MiB at a time as the
+/// connection accepts them; `produced` counts what it has handed to hyper so far.
+struct BigUpstream {
+    addr: SocketAddr,
+    produced: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BigUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn big_upstream(size: u64) -> BigUpstream {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let produced = Arc::new(AtomicU64::new(0));
+    let p = produced.clone();
+    let chunk = Bytes::from(vec![b'x'; MIB as usize]);
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let p = p.clone();
+            let chunk = chunk.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let p = p.clone();
+                    let chunk = chunk.clone();
+                    async move {
+                        let frames = futures_util::stream::unfold(0u64, move |sent| {
+                            let p = p.clone();
+                            let chunk = chunk.clone();
+                            async move {
+                                if sent >= size {
+                                    return None;
+                                }
+                                let n = (size - sent).min(chunk.len() as u64);
+                                p.fetch_add(n, Ordering::SeqCst);
+                                let frame = Frame::data(chunk.slice(..n as usize));
+                                Some((Ok::<_, Infallible>(frame), sent + n))
+                            }
+                        });
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .header("content-type", "application/octet-stream")
+                                .header("content-length", size)
+                                .body(StreamBody::new(frames))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    BigUpstream {
+        addr,
+        produced,
+        task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_response_streams_to_the_client_with_backpressure() {
+    const SIZE: u64 = 256 * MIB;
+    let big = big_upstream(SIZE).await;
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![RouteSpec::new(
+            "plant-7", "/plant-7", big.addr, "plant-7", 2,
+        )],
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let addr = gw.addr;
+    let produced = big.produced.clone();
+    let (status, length, total, produced_while_paused) = blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let req = format!(
+            "GET /plant-7/history.bin HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let (status, headers, first) = read_head(&mut s);
+        let length: Option<u64> = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok());
+        let mut total = first.len() as u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        // Take a little, then stop reading: a streaming gateway stops pulling from the
+        // upstream once the socket buffers are full; a buffering one keeps going.
+        while total < MIB {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "response ended after {total} bytes");
+            total += n as u64;
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let produced_while_paused = produced.load(Ordering::SeqCst);
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        (status, length, total, produced_while_paused)
+    })
+    .await;
+    let peak = peak_rss_kib(gw.pid());
+    eprintln!(
+        "256 MiB download: upstream had produced {} MiB while the client paused; gateway peak RSS {} MiB",
+        produced_while_paused / MIB,
+        peak / 1024
+    );
+    assert_eq!(status, 200);
+    assert_eq!(length, Some(SIZE), "content-length not passed on");
+    assert_eq!(total, SIZE, "the client did not receive the whole body");
+    assert!(
+        produced_while_paused < 64 * MIB,
+        "the gateway kept reading the upstream ({} MiB) while the client read nothing",
+        produced_while_paused / MIB
+    );
+    assert!(
+        peak < RSS_LIMIT_KIB,
+        "gateway peak RSS {peak} KiB while streaming 256 MiB: the body was buffered"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// b. Websockets.
+// ---------------------------------------------------------------------------------------
+
+async fn ws_connect(
+    gw: &Gateway,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    Box<tungstenite::http::Response<Option<Vec<u8>>>>,
+> {
+    let mut req = format!("ws://{}{path}", gw.addr)
+        .into_client_request()
+        .unwrap();
+    if let Some(t) = bearer {
+        req.headers_mut().insert(
+            "authorization",
+            tungstenite::http::HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+        );
+    }
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    match tokio_tungstenite::client_async(req, stream).await {
+        Ok((ws, resp)) => {
+            assert_eq!(resp.status(), 101);
+            Ok(ws)
+        }
+        Err(tungstenite::Error::Http(resp)) => Err(Box::new(resp)),
+        Err(e) => panic!("websocket handshake failed: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websockets_are_authorized_then_spliced_to_the_twin() {
+    let ws_up = WsUpstream::start().await;
+    let mut off = RouteSpec::new("ws-off", "/ws-off", ws_up.addr, "plant-7", 2);
+    off.extra = "websocket = false";
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![RouteSpec::new("ws", "/ws", ws_up.addr, "plant-7", 2), off],
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+
+    let mut ws = ws_connect(&gw, "/ws/live", Some(&token))
+        .await
+        .unwrap_or_else(|r| panic!("upgrade refused: {r:?}"));
+    let big: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
+    for msg in [
+        Message::text("hello, twin"),
+        Message::binary(vec![0u8, 1, 2, 0xfe, 0xff]),
+        Message::text("ünïcödé ✓"),
+        Message::binary(big),
+    ] {
+        ws.send(msg.clone()).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("echo in time")
+            .expect("connection open")
+            .expect("valid frame");
+        assert_eq!(echo, msg);
+    }
+    ws.close(None).await.unwrap();
+
+    // No token: refused before any upgrade.
+    let r = ws_connect(&gw, "/ws/live", None)
+        .await
+        .expect_err("upgrade without a token must be refused");
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("upgrade").is_none());
+    assert!(r
+        .headers()
+        .get("www-authenticate")
+        .is_some_and(|v| v.to_str().unwrap().starts_with("Bearer")));
+
+    // A route with websockets off refuses the upgrade even for an allowed principal.
+    let r = ws_connect(&gw, "/ws-off/live", Some(&token))
+        .await
+        .expect_err("upgrade on a websocket = false route must be refused");
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("upgrade").is_none());
+    let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
+    assert!(body.contains("websockets are not enabled"), "{body}");
+}
+
+// ---------------------------------------------------------------------------------------
+// c. Upstream failures.
+// ---------------------------------------------------------------------------------------
+
+fn assert_problem(r: &RawResponse, status: u16) -> String {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        r.body
+    );
+    let body = r.json();
+    assert_eq!(body["status"], status);
+    let id = body["decision_id"]
+        .as_str()
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| panic!("no decision_id: {}", r.body))
+        .to_owned();
+    assert_eq!(r.header("x-twinward-decision-id"), Some(id.as_str()));
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_upstream_is_502_problem_with_decision_id() {
+    let down = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![RouteSpec::new("plant-7", "/plant-7", down, "plant-7", 2)],
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let addr = gw.addr;
+    let r = blocking(move || get(addr, "/plant-7/x", Some(&token), &[])).await;
+    let id = assert_problem(&r, 502);
+    assert!(
+        !r.body.contains(&down.to_string()),
+        "5xx body names the upstream"
+    );
+    // The decision behind it was an allow, findable by that id.
+    gw.wait_audit(|e| e["event_id"] == id.as_str() && e["outcome"] == "allow");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_upstream_is_504_after_the_route_timeout() {
+    let (up, gw, token) = plant7("timeout = \"1s\"").await;
+    let addr = gw.addr;
+    let t2 = token.clone();
+    let fast = blocking(move || get(addr, "/plant-7/fast", Some(&t2), &[])).await;
+    assert_eq!(fast.status, 200, "{}", fast.body);
+    let started = Instant::now();
+    let r = blocking(move || get(addr, "/plant-7/slow/report", Some(&token), &[])).await;
+    let elapsed = started.elapsed();
+    assert_problem(&r, 504);
+    assert_eq!(up.last().unwrap().target, "/plant-7/slow/report");
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(2900),
+        "504 after {elapsed:?}; the route timeout is 1s and the upstream takes 3s"
+    );
+}
+
+/// A listener whose accept queue is full, so further connection attempts hang in SYN-SENT
+/// (Linux drops SYNs to a listener with a full accept queue). Keeps its fillers alive.
+struct Blackhole {
+    addr: SocketAddr,
+    _listener: tokio::net::TcpListener,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+fn blackhole() -> Option<Blackhole> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => {
+                return Some(Blackhole {
+                    addr,
+                    _listener: listener,
+                    _fillers: fillers,
+                })
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_timeout_is_honoured() {
+    let hole = blackhole().expect("could not fill a listener's accept queue");
+    let mut route = RouteSpec::new("plant-7", "/plant-7", hole.addr, "plant-7", 2);
+    route.extra = "connect_timeout = \"500ms\"\ntimeout = \"30s\"";
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![route],
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let addr = gw.addr;
+    let started = Instant::now();
+    let r = blocking(move || get(addr, "/plant-7/x", Some(&token), &[])).await;
+    let elapsed = started.elapsed();
+    assert_problem(&r, 502);
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(5),
+        "answered after {elapsed:?}; connect_timeout is 500ms, the request timeout 30s"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// d. HTTP/2.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_from_clients_and_to_upstreams() {
+    let up = Upstream::start().await;
+    let mut h2 = RouteSpec::new("h2", "/h2", up.addr, "plant-7", 2);
+    h2.extra = "http2 = true";
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![
+            RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2),
+            h2,
+        ],
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+
+    // h2c client, HTTP/1.1 upstream.
+    let r = client
+        .get(gw.url("/plant-7/x/../sensors?window=5m"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let seen = up.last().unwrap();
+    assert_eq!(seen.version, "HTTP/1.1");
+    assert_eq!(seen.target, "/plant-7/sensors?window=5m");
+    assert!(seen.header("authorization").is_none());
+    assert!(seen.header("x-twinward-assertion").is_some());
+
+    // h2c client, h2 upstream, with a streamed body.
+    let body = vec![7u8; 3 * MIB as usize];
+    let r = client
+        .post(gw.url("/h2/ingest"))
+        .bearer_auth(&token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last().unwrap();
+    assert_eq!(seen.version, "HTTP/2.0");
+    assert_eq!(seen.target, "/h2/ingest");
+    assert_eq!(seen.body_len, 3 * MIB);
+    assert!(seen.header("x-twinward-assertion").is_some());
+
+    // HTTP/1.1 client, h2 upstream.
+    let addr = gw.addr;
+    let r = blocking(move || get(addr, "/h2/x", Some(&token), &[])).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.last().unwrap().version, "HTTP/2.0");
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+}
+
+// ---------------------------------------------------------------------------------------
+// e. Pooled keep-alive connections to upstreams.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_pooled_and_reused() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let (c, r) = (connections.clone(), requests.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok")))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![RouteSpec::new("plant-7", "/plant-7", up_addr, "plant-7", 2)],
+        // One worker, so every client connection shares the one pool.
+        server_extra: "workers = 1".into(),
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let addr = gw.addr;
+    const N: usize = 8;
+    let statuses = blocking(move || {
+        (0..N)
+            .map(|i| {
+                // A new client connection each time (`Connection: close`): the upstream
+                // connection must outlive them.
+                let r = get(addr, &format!("/plant-7/item/{i}"), Some(&token), &[]);
+                (r.status, r.body)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    task.abort();
+    for (status, body) in &statuses {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body, "ok");
+    }
+    let (conns, reqs) = (
+        connections.load(Ordering::SeqCst),
+        requests.load(Ordering::SeqCst),
+    );
+    eprintln!("{reqs} requests over {conns} upstream connection(s)");
+    assert_eq!(reqs, N);
+    assert!(
+        conns < N,
+        "{conns} upstream connections for {N} sequential requests: no reuse"
+    );
+    assert!(
+        conns <= 2,
+        "{conns} upstream connections for {N} sequential requests"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// f. X-Forwarded-* handling.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_headers_from_untrusted_peers_are_replaced() {
+    let (up, gw, token) = plant7("").await;
+    let addr = gw.addr;
+    let r = blocking(move || {
+        get(
+            addr,
+            "/plant-7/untrusted",
+            Some(&token),
+            &[
+                ("X-Forwarded-For", "6.6.6.6, 10.9.9.9"),
+                ("X-Forwarded-Proto", "https"),
+                ("Forwarded", "for=6.6.6.6;proto=https"),
+                ("X-Real-IP", "6.6.6.6"),
+            ],
+        )
+    })
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = up.last().unwrap();
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.headers.get("x-forwarded-for").map(Vec::len), Some(1));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert!(seen.header("forwarded").is_none());
+    assert!(seen.header("x-real-ip").is_none());
+    gw.wait_audit(|e| {
+        e["kind"] == "access"
+            && e["detail"]["path"] == "/plant-7/untrusted"
+            && e["detail"]["client_ip"] == "127.0.0.1"
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_headers_from_trusted_proxies_are_kept_and_appended() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2)],
+        server_extra: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let addr = gw.addr;
+    let r = blocking(move || {
+        get(
+            addr,
+            "/plant-7/trusted",
+            Some(&token),
+            &[
+                ("X-Forwarded-For", "203.0.113.5, 198.51.100.7"),
+                ("X-Forwarded-Proto", "https"),
+            ],
+        )
+    })
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = up.last().unwrap();
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.5, 198.51.100.7, 127.0.0.1"),
+        "a trusted proxy's chain must be kept, with the proxy appended"
+    );
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    // The client is the rightmost address that is not a trusted proxy.
+    gw.wait_audit(|e| {
+        e["kind"] == "access"
+            && e["detail"]["path"] == "/plant-7/trusted"
+            && e["detail"]["client_ip"] == "198.51.100.7"
+    });
+}
+
+/// RFC 9110 §5.3: several `X-Forwarded-For` lines are one comma-separated list, in order.
+/// Proxies such as HAProxy (`option forwardfor`) add their hop as a new line after whatever
+/// the client sent, so reading only the first line believes the client's own claim.
+#[tokio::test(flavor = "multi_thread")]
+async fn x_forwarded_for_split_over_several_lines_is_one_chain() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2)],
+        server_extra: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let addr = gw.addr;
+    let r = blocking(move || {
+        get(
+            addr,
+            "/plant-7/multi-line",
+            Some(&token),
+            &[
+                // Sent by the client (a spoof) ...
+                ("X-Forwarded-For", "10.66.0.1"),
+                // ... and the line the trusted proxy added with the address it saw.
+                ("X-Forwarded-For", "198.51.100.7"),
+            ],
+        )
+    })
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = up.last().unwrap();
+    let event =
+        gw.wait_audit(|e| e["kind"] == "access" && e["detail"]["path"] == "/plant-7/multi-line");
+    let client_ip = event["detail"]["client_ip"].as_str().unwrap_or_default();
+    let xff = seen.header("x-forwarded-for").unwrap_or_default();
+    assert!(
+        client_ip == "198.51.100.7" && xff == "10.66.0.1, 198.51.100.7, 127.0.0.1",
+        "policy saw client {client_ip} (want 198.51.100.7, the hop the trusted proxy added); \
+         the upstream got X-Forwarded-For {xff:?} (want \"10.66.0.1, 198.51.100.7, 127.0.0.1\")"
+    );
+}

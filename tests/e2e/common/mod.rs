@@ -265,7 +265,7 @@ impl Gateway {
         let port = free_port();
         let admin_port = free_port();
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{}\n\n[credentials]\nissuer = \"https://gw.test\"\n\n{}\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{}\n\n[credentials]\nissuer = \"https://gw.test\"\nactivation_delay = \"0s\"\n\n{}\n",
             opts.server_extra, opts.extra
         );
         for r in &opts.routes {
@@ -514,4 +514,200 @@ pub fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---- Helpers for the credential, forward-auth, token-exchange, reload and CLI tests ----
+
+/// Runs blocking test code (child processes, raw sockets) on a multi-thread runtime without
+/// stalling the upstreams that share it.
+pub fn sync<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Polls `check` every 100 ms until it returns true; fails after `timeout` naming `what`.
+pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `tests/js`, with its node packages installed; fails naming what to install otherwise.
+pub fn js_dir() -> PathBuf {
+    let dir = repo().join("tests/js");
+    assert!(
+        dir.join("node_modules/jose/package.json").is_file(),
+        "tests/js/node_modules is missing: run `npm ci --prefix tests/js` \
+         (needs Node.js 20+ and npm: apt-get install nodejs npm)"
+    );
+    dir
+}
+
+/// Verifies a JWT with jose, an implementation independent of the gateway's, against the
+/// JWKS served at `jwks_url`, requiring `issuer` and `audience`. Returns the verified
+/// payload, or jose's error message.
+pub fn jose_verify(
+    jwks_url: &str,
+    token: &str,
+    issuer: &str,
+    audience: &str,
+) -> Result<serde_json::Value, String> {
+    let dir = js_dir();
+    let out = Command::new("node")
+        .arg(dir.join("verify-jwt.mjs"))
+        .args([jwks_url, token, issuer, audience])
+        .current_dir(&dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run node ({e}): install Node.js 20+ (apt-get install nodejs npm)")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match out.status.code() {
+        Some(0) => serde_json::from_str(stdout.trim())
+            .map_err(|e| format!("verify-jwt.mjs printed no JSON ({e}): {stdout}")),
+        Some(1) => Err(stderr.trim().to_owned()),
+        _ => panic!("verify-jwt.mjs failed to run: {stdout}\n{stderr}"),
+    }
+}
+
+/// Header and claims of a JWT, decoded without verification.
+pub fn jwt_parts(token: &str) -> (serde_json::Value, serde_json::Value) {
+    use base64::Engine;
+    let part = |i: usize| -> serde_json::Value {
+        let seg = token
+            .split('.')
+            .nth(i)
+            .unwrap_or_else(|| panic!("not a JWT: {token}"));
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(seg)
+            .unwrap_or_else(|e| panic!("JWT segment {i} is not base64url ({e}): {token}"));
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("JWT segment {i}: {e}"))
+    };
+    (part(0), part(1))
+}
+
+/// The JWKS a gateway serves at `path`, as JSON.
+pub fn jwks_of(gw: &Gateway, path: &str) -> serde_json::Value {
+    let r = get(gw.addr, path, None, &[]);
+    assert_eq!(r.status, 200, "{path}: {}", r.body);
+    r.json()
+}
+
+/// The `kid`s a JWKS lists.
+pub fn kids(jwks: &serde_json::Value) -> Vec<String> {
+    jwks["keys"]
+        .as_array()
+        .map(|ks| {
+            ks.iter()
+                .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `application/x-www-form-urlencoded` encoding of `fields`.
+pub fn form_encode(fields: &[(&str, &str)]) -> String {
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    fields
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(k, NON_ALPHANUMERIC),
+                utf8_percent_encode(v, NON_ALPHANUMERIC)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `POST target` with a form body, sent byte for byte.
+pub fn post_form(addr: SocketAddr, target: &str, fields: &[(&str, &str)]) -> RawResponse {
+    let body = form_encode(fields);
+    let req = format!(
+        "POST {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    raw(addr, &req).expect("request")
+}
+
+/// `GET path` on the admin listener.
+pub fn admin_get(gw: &Gateway, path: &str) -> RawResponse {
+    raw(
+        gw.admin,
+        &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
+    )
+    .expect("admin request")
+}
+
+/// The SQLite database of a harness gateway (the default `sqlite://twinward.db` beside its config).
+pub fn gateway_db(gw: &Gateway) -> PathBuf {
+    gw.dir.path().join("twinward.db")
+}
+
+/// Runs SQL against a SQLite file the way an attacker with file access would: with the
+/// `sqlite3` CLI, or Python's sqlite3 module when the CLI is not installed.
+pub fn sqlite_exec(db: &Path, sql: &str) {
+    let cli = Command::new("sqlite3")
+        .arg("-bail")
+        .arg("-cmd")
+        .arg(".timeout 5000")
+        .arg(db)
+        .arg(sql)
+        .output();
+    let out = match cli {
+        Ok(out) => out,
+        Err(_) => Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], timeout=5)\nc.executescript(sys.argv[2])\nc.commit()\n",
+            ])
+            .arg(db)
+            .arg(sql)
+            .output()
+            .expect("neither the sqlite3 CLI nor python3 is installed (apt-get install sqlite3)"),
+    };
+    assert!(
+        out.status.success(),
+        "SQL failed: {sql}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The nginx binary; fails naming the package to install when there is none.
+pub fn nginx_bin() -> PathBuf {
+    let from_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nginx"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    from_path
+        .into_iter()
+        .chain(
+            [
+                "/usr/sbin/nginx",
+                "/usr/local/sbin/nginx",
+                "/usr/local/nginx/sbin/nginx",
+            ]
+            .map(PathBuf::from),
+        )
+        .find(|p| p.is_file())
+        .expect("nginx is not installed: apt-get install nginx (the forward-auth tests run a real nginx)")
+}
+
+/// Runs the `twinward` binary with exactly `args` in `dir`.
+pub fn twinward_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run twinward")
 }
