@@ -4,9 +4,14 @@
 
 use crate::clock::Timestamp;
 use cedar_policy::{Context, RestrictedExpression};
+use cedar_policy_core::ast::{Context as CoreContext, Value};
 use chrono::{Datelike, TimeZone, Timelike};
 use serde::Deserialize;
+use smol_str::SmolStr;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
@@ -53,7 +58,7 @@ impl DeviceContext {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NetworkContext {
     pub ip: IpAddr,
     pub zone: String,
@@ -122,6 +127,88 @@ impl RequestContext {
         }
     }
 
+    /// The Cedar context, built from already-evaluated values. The parts that change slowly
+    /// (time per second, network per client address, auth and device per state) are cached
+    /// per thread; only `request` and `purpose` are built for every request. Equal to
+    /// [`Self::to_cedar`], which the tests hold it to.
+    pub fn to_cedar_fast(&self) -> Result<Context, String> {
+        let auth = cached(&AUTH, &self.auth, || {
+            Ok(Value::record(
+                [
+                    ("method", Value::from(self.auth.method.as_str())),
+                    ("mfa", Value::from(self.auth.mfa)),
+                    ("mfa_age_s", Value::from(self.auth.mfa_age_s)),
+                    ("session_age_s", Value::from(self.auth.session_age_s)),
+                ],
+                None,
+            ))
+        })?;
+        let device = cached(&DEVICE, &self.device, || {
+            Ok(Value::record(
+                [
+                    ("id", Value::from(self.device.id.as_str())),
+                    ("managed", Value::from(self.device.managed)),
+                    ("compliant", Value::from(self.device.compliant)),
+                    ("os", Value::from(self.device.os.as_str())),
+                    ("posture_age_s", Value::from(self.device.posture_age_s)),
+                ],
+                None,
+            ))
+        })?;
+        let network = NETWORK.with(|cell| -> Result<Value, String> {
+            let mut map = cell.borrow_mut();
+            if let Some(v) = map.get(&self.network) {
+                return Ok(v.clone());
+            }
+            let ip = evaluated(RestrictedExpression::new_ip(self.network.ip.to_string()))?;
+            let v = Value::record(
+                [
+                    ("ip", ip),
+                    ("zone", Value::from(self.network.zone.as_str())),
+                    ("country", Value::from(self.network.country.as_str())),
+                ],
+                None,
+            );
+            if map.len() >= 4096 {
+                map.clear();
+            }
+            map.insert(self.network.clone(), v.clone());
+            Ok(v)
+        })?;
+        let time = cached(&TIME, &self.time, || {
+            let now = evaluated(RestrictedExpression::new_datetime(
+                self.time.now.to_rfc3339(),
+            ))?;
+            Ok(Value::record(
+                [
+                    ("now", now),
+                    ("hour", Value::from(self.time.hour)),
+                    ("weekday", Value::from(self.time.weekday)),
+                ],
+                None,
+            ))
+        })?;
+        let request = Value::record(
+            [
+                ("method", Value::from(self.request.method.as_str())),
+                ("path", Value::from(self.request.path.as_str())),
+            ],
+            None,
+        );
+        let mut map: BTreeMap<SmolStr, Value> = BTreeMap::new();
+        map.insert(SmolStr::new_static("auth"), auth);
+        map.insert(SmolStr::new_static("device"), device);
+        map.insert(SmolStr::new_static("network"), network);
+        map.insert(SmolStr::new_static("time"), time);
+        map.insert(SmolStr::new_static("request"), request);
+        if let Some(p) = &self.purpose {
+            map.insert(SmolStr::new_static("purpose"), Value::from(p.as_str()));
+        }
+        Ok(Context::from(CoreContext::Value(Arc::new(map))))
+    }
+
+    /// The Cedar context through Cedar's public constructors: the reference for
+    /// [`Self::to_cedar_fast`].
     pub fn to_cedar(&self) -> Result<Context, String> {
         let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
         let rec = |pairs: Vec<(&str, RestrictedExpression)>| {
@@ -254,6 +341,41 @@ impl RequestContext {
     }
 }
 
+thread_local! {
+    static AUTH: RefCell<Option<(AuthContext, Value)>> = const { RefCell::new(None) };
+    static DEVICE: RefCell<Option<(DeviceContext, Value)>> = const { RefCell::new(None) };
+    static TIME: RefCell<Option<(TimeContext, Value)>> = const { RefCell::new(None) };
+    static NETWORK: RefCell<HashMap<NetworkContext, Value>> = RefCell::new(HashMap::new());
+}
+
+/// A one-entry per-thread cache: the value for `key`, built when the key changed.
+fn cached<K: Clone + PartialEq + 'static>(
+    slot: &'static std::thread::LocalKey<RefCell<Option<(K, Value)>>>,
+    key: &K,
+    build: impl FnOnce() -> Result<Value, String>,
+) -> Result<Value, String> {
+    slot.with(|cell| {
+        if let Some((k, v)) = cell.borrow().as_ref() {
+            if k == key {
+                return Ok(v.clone());
+            }
+        }
+        let v = build()?;
+        *cell.borrow_mut() = Some((key.clone(), v.clone()));
+        Ok(v)
+    })
+}
+
+/// Evaluates an extension constructor (`ip(…)`, `datetime(…)`) through Cedar's public API
+/// and returns the resulting value.
+fn evaluated(e: RestrictedExpression) -> Result<Value, String> {
+    let ctx = Context::from_pairs([("v".to_owned(), e)]).map_err(|e| e.to_string())?;
+    match ctx.as_ref() {
+        CoreContext::Value(map) => map.get("v").cloned().ok_or_else(|| "no value".to_owned()),
+        CoreContext::RestrictedResidual(_) => Err("context value is not concrete".to_owned()),
+    }
+}
+
 fn set<T>(slot: &mut T, v: Option<T>) {
     if let Some(v) = v {
         *slot = v;
@@ -329,6 +451,68 @@ mod tests {
         assert_eq!((berlin.hour, berlin.weekday), (23, 3));
         let tokyo = TimeContext::at(now, &chrono_tz::Asia::Tokyo);
         assert_eq!((tokyo.hour, tokyo.weekday), (7, 4));
+    }
+
+    // The fast path must build exactly what Cedar's constructors build, for every part that
+    // can change, including after the per-thread caches hold other values.
+    #[test]
+    fn fast_context_equals_the_reference_context() {
+        let base = RequestContext::new(
+            AuthMethod::ApiToken,
+            "10.20.1.1".parse().unwrap(),
+            TimeContext::at(Timestamp::from_unix_secs(1_795_645_800), &chrono_tz::UTC),
+            RequestInfo {
+                method: "GET".into(),
+                path: "/plant-7/x".into(),
+            },
+        );
+        let mut variants = vec![base.clone()];
+        let mut v = base.clone();
+        v.auth = AuthContext {
+            method: AuthMethod::Browser,
+            mfa: true,
+            mfa_age_s: 12,
+            session_age_s: 99,
+        };
+        variants.push(v);
+        let mut v = base.clone();
+        v.device = DeviceContext {
+            id: "d1".into(),
+            managed: true,
+            compliant: true,
+            os: "linux".into(),
+            posture_age_s: 5,
+        };
+        variants.push(v);
+        let mut v = base.clone();
+        v.network = NetworkContext {
+            ip: "2001:db8::7".parse().unwrap(),
+            zone: "office".into(),
+            country: "DE".into(),
+        };
+        variants.push(v);
+        let mut v = base.clone();
+        v.time = TimeContext::at(
+            Timestamp::from_unix_secs(1_795_645_801),
+            &chrono_tz::Europe::Berlin,
+        );
+        variants.push(v);
+        let mut v = base.clone();
+        v.request = RequestInfo {
+            method: "DELETE".into(),
+            path: "/plant-9/a%20b".into(),
+        };
+        v.purpose = Some("ticket 7".into());
+        variants.push(v);
+        for round in 0..2 {
+            for (i, c) in variants.iter().enumerate() {
+                assert_eq!(
+                    c.to_cedar_fast().unwrap(),
+                    c.to_cedar().unwrap(),
+                    "variant {i}, round {round}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -395,7 +395,7 @@ impl Loaded {
         let Some(entry) = self.twins.get(twin) else {
             return self.deny_with(format!("unknown twin {twin:?}"));
         };
-        let context = match ctx.to_cedar() {
+        let context = match ctx.to_cedar_fast() {
             Ok(c) => c,
             Err(e) => return self.deny_with(format!("context: {e}")),
         };
@@ -414,7 +414,7 @@ impl Loaded {
         let Some(entry) = self.twins.get(twin) else {
             return self.deny_with(format!("unknown twin {twin:?}"));
         };
-        let context = match ctx.to_cedar() {
+        let context = match ctx.to_cedar_fast() {
             Ok(c) => c,
             Err(e) => return self.deny_with(format!("context: {e}")),
         };

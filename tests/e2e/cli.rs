@@ -426,10 +426,6 @@ fn tokens_are_listed_by_prefix_and_bad_requests_are_refused() {
     assert_eq!(list.lines().count(), 2, "only the one good token:\n{list}");
 }
 
-fn audit_verify(dir: &Path) -> Output {
-    run(dir, &["audit", "verify"])
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_verify_finds_edits_and_deletions_made_behind_the_gateways_back() {
     let up = Upstream::start().await;

@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# Proxy benchmark, side by side on one machine and one upstream:
+#   (a) wrk -> upstream                         (direct)
+#   (b) wrk -> nginx -> upstream                (plain reverse proxy, keep-alive upstream)
+#   (c) wrk -> twinward -> upstream             (API token, Cedar decision over the shipped
+#                                                policies, twin credential attached, audited)
+# The upstream is examples/bench_upstream.rs (hyper, 64-byte 200). Everything shares the
+# machine's cores, wrk included. Prints requests/s, p50 and p99 for each at full load, the
+# ratios c/a and c/b, then p50/p99 of all three at the same paced rate, half of twinward's
+# maximum, and the p99 twinward adds there.
+#
+#   bash bench/proxy.sh                  # 10 s per measurement
+#   DURATION=30 bash bench/proxy.sh      # longer
+#
+# Settings (environment): DURATION (s, default 10), WARMUP (s, 3), CONNECTIONS (64),
+# THREADS (wrk threads, 2), WORKERS (nginx and twinward workers, default: cores),
+# UPSTREAM_WORKERS (1), KEEP=1 keeps the temp directory (configs, logs, wrk output).
+# Needs wrk, nginx and curl (apt-get install wrk nginx curl).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DURATION="${DURATION:-10}"
+WARMUP="${WARMUP:-3}"
+CONNECTIONS="${CONNECTIONS:-64}"
+THREADS="${THREADS:-2}"
+CORES="$(nproc)"
+WORKERS="${WORKERS:-$CORES}"
+UPSTREAM_WORKERS="${UPSTREAM_WORKERS:-1}"
+PATH_UNDER_TEST="/plant-7/state"
+LUA="$REPO/bench/wrk-report.lua"
+export PATH="$PATH:/usr/sbin:/sbin"
+
+die() {
+  echo "bench/proxy.sh: $*" >&2
+  exit 1
+}
+
+for tool in wrk nginx curl cargo; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (apt-get install wrk nginx curl)"
+done
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/twinward-bench.XXXXXX")"
+PIDS=()
+cleanup() {
+  local status=$?
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "${KEEP:-0}" = 1 ] || [ "$status" -ne 0 ]; then
+    echo "bench/proxy.sh: configs, logs and wrk output kept in $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Listening ports come from below the ephemeral range, so that no client socket (wrk's, the
+# proxies' upstream connections, anything else on the machine) can hold one by chance.
+EPHEMERAL_LOW="$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+PORT_LOW=10000
+[ "$EPHEMERAL_LOW" -gt $((PORT_LOW + 1000)) ] || PORT_LOW=$((EPHEMERAL_LOW / 2))
+USED_PORTS=" "
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$((PORT_LOW + RANDOM % (EPHEMERAL_LOW - PORT_LOW)))
+    case "$USED_PORTS" in *" $p "*) continue ;; esac
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      USED_PORTS="$USED_PORTS$p "
+      echo "$p"
+      return
+    fi
+  done
+  die "no free port found"
+}
+
+# wait_status URL STATUS [curl args...]: until URL answers STATUS (10 s at most).
+wait_status() {
+  local url=$1 want=$2 got=""
+  shift 2
+  for _ in $(seq 1 200); do
+    got="$(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" || true)"
+    [ "$got" = "$want" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- build
+
+echo "== building release binaries (twinward, examples/bench_upstream)"
+(cd "$REPO" && cargo build --release --quiet --bin twinward --example bench_upstream)
+TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
+case "$TARGET" in /*) ;; *) TARGET="$REPO/$TARGET" ;; esac
+TWINWARD="$TARGET/release/twinward"
+UPSTREAM_BIN="$TARGET/release/examples/bench_upstream"
+[ -x "$TWINWARD" ] && [ -x "$UPSTREAM_BIN" ] || die "release binaries not found under $TARGET/release"
+
+UP_PORT="$(free_port)"
+NGINX_PORT="$(free_port)"
+TW_PORT="$(free_port)"
+TW_ADMIN_PORT="$(free_port)"
+
+# ---------------------------------------------------------------- upstream
+
+"$UPSTREAM_BIN" "127.0.0.1:$UP_PORT" "$UPSTREAM_WORKERS" 2>"$WORK/upstream.log" &
+PIDS+=($!)
+DIRECT_URL="http://127.0.0.1:$UP_PORT$PATH_UNDER_TEST"
+wait_status "$DIRECT_URL" 200 || die "upstream did not answer 200 on $DIRECT_URL: $(cat "$WORK/upstream.log")"
+
+# ---------------------------------------------------------------- nginx
+
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<NGINX
+daemon off;
+master_process on;
+worker_processes $WORKERS;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events {
+  worker_connections 4096;
+}
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/client_body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  upstream twin {
+    server 127.0.0.1:$UP_PORT;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://twin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" -t -q \
+  || die "nginx rejected its config: $(cat "$WORK/nginx/error.log")"
+nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" &
+PIDS+=($!)
+NGINX_URL="http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
+wait_status "$NGINX_URL" 200 || die "nginx did not answer 200 on $NGINX_URL: $(cat "$WORK/nginx/error.log")"
+
+# ---------------------------------------------------------------- twinward
+
+mkdir -p "$WORK/twinward"
+cp -R "$REPO/policies" "$WORK/twinward/policies"
+# plant-7 (sensitivity 2, environment "twin") is in the shipped entities; policy
+# "sim-runners-sandbox" lets a service account with role sim-runner read it.
+cat >"$WORK/twinward/twinward.toml" <<TOML
+[server]
+listen = "127.0.0.1:$TW_PORT"
+admin_listen = "127.0.0.1:$TW_ADMIN_PORT"
+workers = $WORKERS
+
+[storage]
+url = "sqlite://$WORK/twinward/twinward.db"
+
+[credentials]
+keys_dir = "$WORK/twinward/keys"
+
+[policy]
+dir = "$WORK/twinward/policies"
+
+[log]
+level = "warn"
+
+[[routes]]
+name = "plant-7"
+path_prefix = "/plant-7"
+upstream = "http://127.0.0.1:$UP_PORT"
+twin = "plant-7"
+attributes = { environment = "twin", site = "plant-7", sensitivity = 2 }
+TOML
+TW_CONFIG="$WORK/twinward/twinward.toml"
+TOKEN="$("$TWINWARD" token create --config "$TW_CONFIG" --service-account bench-sim \
+  --role sim-runner --ttl 1d 2>"$WORK/twinward/token.log")" \
+  || die "token create failed: $(cat "$WORK/twinward/token.log")"
+[ -n "$TOKEN" ] || die "token create printed no token"
+"$TWINWARD" serve --config "$TW_CONFIG" 2>"$WORK/twinward/serve.log" &
+PIDS+=($!)
+wait_status "http://127.0.0.1:$TW_ADMIN_PORT/readyz" 200 \
+  || die "twinward did not become ready: $(cat "$WORK/twinward/serve.log")"
+TW_URL="http://127.0.0.1:$TW_PORT$PATH_UNDER_TEST"
+wait_status "$TW_URL" 200 -H "Authorization: Bearer $TOKEN" || {
+  curl -s -i -H "Authorization: Bearer $TOKEN" "$TW_URL" >&2 || true
+  die "twinward did not proxy a 200 for the sim-runner token: $(cat "$WORK/twinward/serve.log")"
+}
+# Authentication really is on the path being measured.
+code="$(curl -s -o /dev/null -w '%{http_code}' "$TW_URL")"
+[ "$code" = 401 ] || die "twinward answered $code without a token (expected 401)"
+body="$(curl -s -H "Authorization: Bearer $TOKEN" "$TW_URL")"
+[ "$body" = "$(curl -s "$DIRECT_URL")" ] || die "twinward returned a different body than the upstream: $body"
+# The upstream gets the twin credential, and never the client's token.
+seen="$(curl -s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$TW_PORT/plant-7/__headers")"
+grep -qx 'x-twinward-assertion' <<<"$seen" || die "the upstream got no X-Twinward-Assertion; it saw: $seen"
+! grep -qx 'authorization' <<<"$seen" || die "the upstream got the client's Authorization header"
+
+# ---------------------------------------------------------------- measurements
+
+# measure NAME URL RATE [wrk args...]: sets RPS P50 P99 (µs) from one wrk run.
+# RATE 0 means as fast as possible.
+measure() {
+  local name=$1 url=$2 rate=$3 line
+  shift 3
+  WRK_RATE="$rate" WRK_THREADS="$THREADS" \
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$LUA" "$@" "$url" \
+    >"$WORK/wrk-$name.txt" 2>&1 || die "wrk failed for $name: $(cat "$WORK/wrk-$name.txt")"
+  line="$(grep '^WRK_RESULT ' "$WORK/wrk-$name.txt")" || die "no result from wrk for $name: $(cat "$WORK/wrk-$name.txt")"
+  # shellcheck disable=SC2034
+  read -r _ RPS P50 P99 REQUESTS NON2XX SOCKET_ERRORS <<<"$(sed 's/[a-z0-9_]*=//g' <<<"$line")"
+  [ "$NON2XX" = 0 ] || die "$name: $NON2XX responses were not 2xx/3xx (see $WORK/wrk-$name.txt)"
+  [ "$SOCKET_ERRORS" = 0 ] || echo "warning: $name: $SOCKET_ERRORS socket errors" >&2
+  [ "${REQUESTS:-0}" -gt 0 ] || die "$name: no requests completed"
+}
+
+warm() {
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$@" >/dev/null 2>&1 || die "warm-up failed for $*"
+}
+
+AUTH=(-H "Authorization: Bearer $TOKEN")
+ms() { awk -v us="$1" 'BEGIN { printf "%.3f ms", us / 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+echo "== $CORES cores; wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s per run; nginx and twinward with $WORKERS workers, upstream with $UPSTREAM_WORKERS"
+echo "== warming up"
+warm "$DIRECT_URL"
+warm "$NGINX_URL"
+warm "${AUTH[@]}" "$TW_URL"
+
+echo "== full load"
+measure direct "$DIRECT_URL" 0
+A_RPS=$RPS A_P50=$P50 A_P99=$P99
+measure nginx "$NGINX_URL" 0
+B_RPS=$RPS B_P50=$P50 B_P99=$P99
+measure twinward "$TW_URL" 0 "${AUTH[@]}"
+C_RPS=$RPS C_P50=$P50 C_P99=$P99
+
+HALF="$(awk -v r="$C_RPS" 'BEGIN { printf "%d", r / 2 }')"
+echo "== paced at $HALF req/s (half of twinward's maximum), same $CONNECTIONS connections"
+measure direct-half "$DIRECT_URL" "$HALF"
+LA_RPS=$RPS LA_P50=$P50 LA_P99=$P99
+measure nginx-half "$NGINX_URL" "$HALF"
+LB_RPS=$RPS LB_P50=$P50 LB_P99=$P99
+measure twinward-half "$TW_URL" "$HALF" "${AUTH[@]}"
+LC_RPS=$RPS LC_P50=$P50 LC_P99=$P99
+
+ADDED_P99="$(awk -v c="$LC_P99" -v a="$LA_P99" 'BEGIN { printf "%d", c - a }')"
+CB="$(ratio "$C_RPS" "$B_RPS")"
+verdict() { awk -v x="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? (x >= t) : (x <= t); print ok ? "met" : "NOT met" }'; }
+
+echo
+printf '%-34s %12s %12s %12s\n' "full load" "req/s" "p50" "p99"
+printf '%-34s %12.0f %12s %12s\n' "(a) direct to upstream" "$A_RPS" "$(ms "$A_P50")" "$(ms "$A_P99")"
+printf '%-34s %12.0f %12s %12s\n' "(b) nginx reverse proxy" "$B_RPS" "$(ms "$B_P50")" "$(ms "$B_P99")"
+printf '%-34s %12.0f %12s %12s\n' "(c) twinward (token+Cedar+JWT)" "$C_RPS" "$(ms "$C_P50")" "$(ms "$C_P99")"
+echo
+printf 'c/a = %s   c/b = %s   (target c/b >= 0.9: %s)\n' "$(ratio "$C_RPS" "$A_RPS")" "$CB" "$(verdict "$CB" 0.9 ">=")"
+echo
+printf '%-34s %12s %12s %12s\n' "paced at $HALF req/s" "req/s" "p50" "p99"
+printf '%-34s %12.0f %12s %12s\n' "(a) direct to upstream" "$LA_RPS" "$(ms "$LA_P50")" "$(ms "$LA_P99")"
+printf '%-34s %12.0f %12s %12s\n' "(b) nginx reverse proxy" "$LB_RPS" "$(ms "$LB_P50")" "$(ms "$LB_P99")"
+printf '%-34s %12.0f %12s %12s\n' "(c) twinward (token+Cedar+JWT)" "$LC_RPS" "$(ms "$LC_P50")" "$(ms "$LC_P99")"
+echo
+printf 'added p99 at 50%% load (c - a) = %s   (target <= 1 ms: %s)\n' \
+  "$(ms "$ADDED_P99")" "$(verdict "$ADDED_P99" 1000 "<=")"
+printf 'nginx adds %s at p99 at the same rate\n' "$(ms "$((LB_P99 - LA_P99))")"
+echo "(paced load: stock wrk sending on a fixed schedule of $HALF req/s, see bench/wrk-report.lua;"
+echo " an achieved rate well below that means the schedule slipped and the tail is under-reported)"
