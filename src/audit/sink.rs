@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 const QUEUE: usize = 65_536;
-const BATCH: usize = 512;
+const BATCH: usize = 2048;
+const LINGER: Duration = Duration::from_millis(20);
 
 #[derive(Clone)]
 pub struct AuditSink {
@@ -22,6 +23,17 @@ impl AuditSink {
         let handle = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
+                // Linger briefly so a trickle of events shares one transaction instead of
+                // paying a commit each.
+                if batch.len() < BATCH {
+                    tokio::time::sleep(LINGER).await;
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(e) => batch.push(e),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 let events = std::mem::take(&mut batch);
                 let mut delay = Duration::from_millis(50);
                 loop {

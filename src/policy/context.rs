@@ -82,7 +82,9 @@ impl TimeContext {
             _ => (0, 1),
         };
         TimeContext {
-            now,
+            // Cedar's datetime here has second precision; truncating also lets the context
+            // builder reuse the time record for a whole second.
+            now: Timestamp::from_unix_secs(now.unix_secs()),
             hour: i64::from(hour),
             weekday: i64::from(weekday),
         }

@@ -153,15 +153,25 @@ pub struct Loaded {
     roles: HashSet<String>,
     action_uids: [EntityUid; 3],
     principal_types: [EntityTypeName; 2],
-    /// The base entities plus one principal, with the transitive closure computed: built
-    /// once per principal and generation instead of on every request.
-    principal_entities: RwLock<HashMap<Arc<str>, Arc<Entities>>>,
+    /// Per principal: entities and slices, built once per principal and generation instead
+    /// of on every request.
+    principals: RwLock<HashMap<Arc<str>, Arc<PrincipalView>>>,
 }
 
 struct TwinEntry {
+    index: usize,
     uid: EntityUid,
-    /// Pre-sliced policy sets by principal kind and action.
-    slices: [[Arc<PolicySet>; 3]; 2],
+    /// Indices into `scopes` of the policies that can apply, by principal kind and action.
+    members: [[Vec<usize>; 3]; 2],
+}
+
+/// What one principal needs for decisions under one generation: its entity store (with
+/// the transitive closure computed) and its policy slices per twin and action.
+struct PrincipalView {
+    entities: Arc<Entities>,
+    uid: EntityUid,
+    ancestors: HashSet<EntityUid>,
+    slices: RwLock<HashMap<(usize, Action), Arc<PolicySet>>>,
 }
 
 impl Loaded {
@@ -328,7 +338,7 @@ impl Loaded {
             roles,
             action_uids,
             principal_types: [user_t, sa_t],
-            principal_entities: RwLock::new(HashMap::new()),
+            principals: RwLock::new(HashMap::new()),
         };
         let twin_uids: Vec<EntityUid> = loaded
             .base_entities
@@ -336,32 +346,35 @@ impl Loaded {
             .filter(|e| e.uid().type_name().to_string() == "Twinward::Twin")
             .map(|e| e.uid())
             .collect();
-        for tuid in twin_uids {
-            let slices =
-                [0, 1].map(|k| [0, 1, 2].map(|a| Arc::new(loaded.slice(k, Action::ALL[a], &tuid))));
+        for (index, tuid) in twin_uids.into_iter().enumerate() {
+            let members =
+                [0, 1].map(|k| [0, 1, 2].map(|a| loaded.members(k, Action::ALL[a], &tuid)));
             loaded.twins.insert(
                 tuid.id().unescaped().to_owned(),
-                TwinEntry { uid: tuid, slices },
+                TwinEntry {
+                    index,
+                    uid: tuid,
+                    members,
+                },
             );
         }
         Ok(loaded)
     }
 
-    fn slice(&self, kind_index: usize, action: Action, resource: &EntityUid) -> PolicySet {
+    /// Indices of the policies whose scope can match this principal type, action and twin.
+    fn members(&self, kind_index: usize, action: Action, resource: &EntityUid) -> Vec<usize> {
         let ancestors: HashSet<EntityUid> = self
             .base_entities
             .ancestors(resource)
             .map(|it| it.cloned().collect())
             .unwrap_or_default();
         let ptype = &self.principal_types[kind_index];
-        let mut set = PolicySet::new();
-        for (pol, scope) in &self.scopes {
-            if scope.may_apply(ptype, action, resource, &ancestors) {
-                // Ids are unique in the full set, so adding to a subset cannot collide.
-                let _ = set.add(pol.clone());
-            }
-        }
-        set
+        self.scopes
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, scope))| scope.may_apply(ptype, action, resource, &ancestors))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     pub fn knows_role(&self, role: &str) -> bool {
@@ -399,8 +412,43 @@ impl Loaded {
             Ok(c) => c,
             Err(e) => return self.deny_with(format!("context: {e}")),
         };
-        let set = &entry.slices[Self::kind_index(principal.kind)][action as usize];
-        self.evaluate(principal, action, entry.uid.clone(), context, set)
+        let view = match self.view_for(principal) {
+            Ok(v) => v,
+            Err(e) => return self.deny_with(e),
+        };
+        let set = self.principal_slice(&view, principal.kind, entry, action);
+        self.evaluate(&view, action, entry.uid.clone(), context, &set)
+    }
+
+    /// The policies that can apply to this principal, twin and action: the load-time slice
+    /// narrowed by the principal's own roles, cut once and kept with the principal.
+    fn principal_slice(
+        &self,
+        view: &PrincipalView,
+        kind: PrincipalKind,
+        entry: &TwinEntry,
+        action: Action,
+    ) -> Arc<PolicySet> {
+        let key = (entry.index, action);
+        if let Ok(slices) = view.slices.read() {
+            if let Some(set) = slices.get(&key) {
+                return set.clone();
+            }
+        }
+        let mut set = PolicySet::new();
+        for i in &entry.members[Self::kind_index(kind)][action as usize] {
+            if let Some((pol, scope)) = self.scopes.get(*i) {
+                if scope.may_apply_to_principal(&view.uid, &view.ancestors) {
+                    // Ids are unique in the full set, so adding to a subset cannot collide.
+                    let _ = set.add(pol.clone());
+                }
+            }
+        }
+        let set = Arc::new(set);
+        if let Ok(mut slices) = view.slices.write() {
+            slices.insert(key, set.clone());
+        }
+        set
     }
 
     /// Decides over the full, unsliced set: the reference `decide` must agree with.
@@ -418,8 +466,12 @@ impl Loaded {
             Ok(c) => c,
             Err(e) => return self.deny_with(format!("context: {e}")),
         };
+        let view = match self.view_for(principal) {
+            Ok(v) => v,
+            Err(e) => return self.deny_with(e),
+        };
         self.evaluate(
-            principal,
+            &view,
             action,
             entry.uid.clone(),
             context,
@@ -471,45 +523,50 @@ impl Loaded {
         self.respond(&request, &set, &all)
     }
 
-    /// The entity store for one principal: the base entities plus the principal.
-    fn entities_for(&self, principal: &Principal) -> Result<Arc<Entities>, String> {
-        if let Ok(cache) = self.principal_entities.read() {
-            if let Some(e) = cache.get(&principal.key) {
-                return Ok(e.clone());
+    /// The principal's view (entity store, ancestors, slices), built on first use.
+    fn view_for(&self, principal: &Principal) -> Result<Arc<PrincipalView>, String> {
+        if let Ok(cache) = self.principals.read() {
+            if let Some(v) = cache.get(&principal.key) {
+                return Ok(v.clone());
             }
         }
-        let entities = Arc::new(
-            self.base_entities
-                .clone()
-                .add_entities([principal.entity.clone()], None)
-                .map_err(|e| format!("entities: {e}"))?,
-        );
-        if let Ok(mut cache) = self.principal_entities.write() {
+        let uid = principal.uid();
+        let entities = self
+            .base_entities
+            .clone()
+            .add_entities([principal.entity.clone()], None)
+            .map_err(|e| format!("entities: {e}"))?;
+        let ancestors: HashSet<EntityUid> = entities
+            .ancestors(&uid)
+            .map(|it| it.cloned().collect())
+            .unwrap_or_default();
+        let view = Arc::new(PrincipalView {
+            entities: Arc::new(entities),
+            uid,
+            ancestors,
+            slices: RwLock::new(HashMap::new()),
+        });
+        if let Ok(mut cache) = self.principals.write() {
             if cache.len() >= MAX_CACHED_PRINCIPALS {
                 cache.clear();
             }
-            cache.insert(principal.key.clone(), entities.clone());
+            cache.insert(principal.key.clone(), view.clone());
         }
-        Ok(entities)
+        Ok(view)
     }
 
     fn evaluate(
         &self,
-        principal: &Principal,
+        view: &PrincipalView,
         action: Action,
         resource: EntityUid,
         context: cedar_policy::Context,
         set: &PolicySet,
     ) -> Decision {
-        let puid = principal.uid();
-        let entities = match self.entities_for(principal) {
-            Ok(e) => e,
-            Err(e) => return self.deny_with(e),
-        };
         // INVARIANT: the context is built from typed values that match the schema (checked
         // by a unit test against the schema), so request validation is skipped here.
         let request = match Request::new(
-            puid,
+            view.uid.clone(),
             self.action_uids[action as usize].clone(),
             resource,
             context,
@@ -518,7 +575,7 @@ impl Loaded {
             Ok(r) => r,
             Err(e) => return self.deny_with(format!("request: {e}")),
         };
-        self.respond(&request, set, &entities)
+        self.respond(&request, set, &view.entities)
     }
 
     fn respond(&self, request: &Request, set: &PolicySet, entities: &Entities) -> Decision {
@@ -532,11 +589,16 @@ impl Loaded {
         Decision {
             allow: response.decision() == CedarDecision::Allow,
             determining,
-            errors: response
-                .diagnostics()
-                .errors()
-                .map(ToString::to_string)
-                .collect(),
+            errors: {
+                // Cedar leaves the order of errors open; sorted, the audit record is stable.
+                let mut e: Vec<String> = response
+                    .diagnostics()
+                    .errors()
+                    .map(ToString::to_string)
+                    .collect();
+                e.sort();
+                e
+            },
             generation: self.generation,
         }
     }

@@ -2,8 +2,10 @@
 //! about a microsecond a policy. A policy whose scope (principal type, action, resource) does
 //! not match a request can neither be satisfied nor error, because Cedar checks the scope
 //! before the conditions; so evaluating only the matching policies gives the same decision,
-//! the same determining policies and the same errors. The property test in
-//! `tests/policy_slicing.rs` holds the engine to that.
+//! the same determining policies and the same errors. Slices are cut twice: by principal
+//! type, action and resource when the policy set loads, and by the principal's own roles
+//! the first time a principal meets a twin. The property test in
+//! `tests/e2e/policy_slicing.rs` holds the engine to that.
 
 use super::Action;
 use cedar_policy::{
@@ -15,6 +17,7 @@ use std::collections::HashSet;
 #[derive(Debug, Clone)]
 pub struct Scope {
     principal_type: Option<EntityTypeName>,
+    principal: PrincipalConstraint,
     /// Bit `i` set: the policy applies to `Action::ALL[i]`.
     actions: u8,
     resource: ResourceConstraint,
@@ -50,6 +53,7 @@ impl Scope {
         }
         Scope {
             principal_type,
+            principal: policy.principal_constraint(),
             actions,
             resource: policy.resource_constraint(),
         }
@@ -83,6 +87,23 @@ impl Scope {
             ResourceConstraint::In(uid) => in_(uid),
             ResourceConstraint::Is(t) => t == resource.type_name(),
             ResourceConstraint::IsIn(t, uid) => t == resource.type_name() && in_(uid),
+        }
+    }
+
+    /// Whether the policy's principal constraint can hold for this principal, given all its
+    /// ancestors (roles, transitively). Exact, like `may_apply`.
+    pub fn may_apply_to_principal(
+        &self,
+        principal: &EntityUid,
+        ancestors: &HashSet<EntityUid>,
+    ) -> bool {
+        let in_ = |uid: &EntityUid| uid == principal || ancestors.contains(uid);
+        match &self.principal {
+            PrincipalConstraint::Any => true,
+            PrincipalConstraint::Eq(uid) => uid == principal,
+            PrincipalConstraint::In(uid) => in_(uid),
+            PrincipalConstraint::Is(t) => t == principal.type_name(),
+            PrincipalConstraint::IsIn(t, uid) => t == principal.type_name() && in_(uid),
         }
     }
 }
