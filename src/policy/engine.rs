@@ -405,19 +405,32 @@ impl Loaded {
         twin: &str,
         ctx: &RequestContext,
     ) -> Decision {
-        let Some(entry) = self.twins.get(twin) else {
-            return self.deny_with(format!("unknown twin {twin:?}"));
-        };
-        let context = match ctx.to_cedar_fast() {
-            Ok(c) => c,
-            Err(e) => return self.deny_with(format!("context: {e}")),
-        };
-        let view = match self.view_for(principal) {
-            Ok(v) => v,
-            Err(e) => return self.deny_with(e),
-        };
-        let set = self.principal_slice(&view, principal.kind, entry, action);
-        self.evaluate(&view, action, entry.uid.clone(), context, &set)
+        match self.prepare(principal, twin, ctx) {
+            Ok((entry, view, context)) => {
+                let set = self.principal_slice(&view, principal.kind, entry, action);
+                self.evaluate(&view, action, entry.uid.clone(), context, &set)
+            }
+            Err(denied) => denied,
+        }
+    }
+
+    /// The twin, the principal's view and the Cedar context of a request, or the deny that
+    /// names why one of them cannot be had.
+    fn prepare(
+        &self,
+        principal: &Principal,
+        twin: &str,
+        ctx: &RequestContext,
+    ) -> Result<(&TwinEntry, Arc<PrincipalView>, cedar_policy::Context), Decision> {
+        let entry = self
+            .twins
+            .get(twin)
+            .ok_or_else(|| self.deny_with(format!("unknown twin {twin:?}")))?;
+        let context = ctx
+            .to_cedar_fast()
+            .map_err(|e| self.deny_with(format!("context: {e}")))?;
+        let view = self.view_for(principal).map_err(|e| self.deny_with(e))?;
+        Ok((entry, view, context))
     }
 
     /// The policies that can apply to this principal, twin and action: the load-time slice
@@ -459,24 +472,16 @@ impl Loaded {
         twin: &str,
         ctx: &RequestContext,
     ) -> Decision {
-        let Some(entry) = self.twins.get(twin) else {
-            return self.deny_with(format!("unknown twin {twin:?}"));
-        };
-        let context = match ctx.to_cedar_fast() {
-            Ok(c) => c,
-            Err(e) => return self.deny_with(format!("context: {e}")),
-        };
-        let view = match self.view_for(principal) {
-            Ok(v) => v,
-            Err(e) => return self.deny_with(e),
-        };
-        self.evaluate(
-            &view,
-            action,
-            entry.uid.clone(),
-            context,
-            &self.bundle.policies,
-        )
+        match self.prepare(principal, twin, ctx) {
+            Ok((entry, view, context)) => self.evaluate(
+                &view,
+                action,
+                entry.uid.clone(),
+                context,
+                &self.bundle.policies,
+            ),
+            Err(denied) => denied,
+        }
     }
 
     /// Decides for any resource, known or given by the caller (`policy eval`, policy tests),
