@@ -494,5 +494,106 @@ async fn forward(
 
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
+    strip_gateway_set_cookies(&mut parts.headers);
     Response::from_parts(parts, Body::new(body))
+}
+
+/// Removes `Set-Cookie` headers from a twin's response that would set (or clear) the
+/// gateway's own cookie: a twin must never be able to plant or end a gateway session.
+pub fn strip_gateway_set_cookies(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let keep: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            let name = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.split('=').next())
+                .map(str::trim);
+            // An unreadable cookie name cannot be checked, so it is not passed on either.
+            name.is_some_and(|n| !GATEWAY_COOKIES.iter().any(|g| g.eq_ignore_ascii_case(n)))
+        })
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for v in keep {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twins_cannot_set_the_gateway_cookie() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("__Host-twinward=evil; Path=/; Secure"),
+        );
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("twinward=; Max-Age=0"),
+        );
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("theme=dark; Path=/"),
+        );
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("sid=1; HttpOnly"),
+        );
+        strip_gateway_set_cookies(&mut h);
+        let left: Vec<&str> = h
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(left, ["theme=dark; Path=/", "sid=1; HttpOnly"]);
+    }
+
+    #[test]
+    fn client_credentials_and_gateway_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer twt_x"),
+        );
+        h.insert("x-twinward-assertion", HeaderValue::from_static("forged"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-twinward=s; b=2"),
+        );
+        strip_client_credentials(&mut h);
+        assert!(h.get(header::AUTHORIZATION).is_none());
+        assert!(h.get("x-twinward-assertion").is_none());
+        assert_eq!(
+            h.get(header::COOKIE).and_then(|v| v.to_str().ok()),
+            Some("a=1; b=2")
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret-hop").is_none() && h.get(header::UPGRADE).is_none());
+        assert!(h.get(header::TRANSFER_ENCODING).is_none() && h.get(header::CONNECTION).is_none());
+        assert!(h.get("x-keep").is_some());
+    }
 }
