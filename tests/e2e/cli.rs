@@ -428,14 +428,7 @@ fn tokens_are_listed_by_prefix_and_bad_requests_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_verify_finds_edits_and_deletions_made_behind_the_gateways_back() {
-    let up = Upstream::start().await;
-    let gw = Gateway::start(GatewayOptions {
-        routes: vec![
-            RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2),
-            RouteSpec::new("plant-9", "/plant-9", up.addr, "plant-9", 3),
-        ],
-        ..Default::default()
-    });
+    let (_up, gw) = two_plants().await;
     let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
     sync(|| {
         for p in ["/plant-7/a", "/plant-9/b", "/plant-7/c", "/plant-9/d"] {
@@ -493,14 +486,7 @@ async fn audit_verify_finds_edits_and_deletions_made_behind_the_gateways_back() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_readiness_and_metrics_are_on_the_admin_listener_only() {
-    let up = Upstream::start().await;
-    let gw = Gateway::start(GatewayOptions {
-        routes: vec![
-            RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2),
-            RouteSpec::new("plant-9", "/plant-9", up.addr, "plant-9", 3),
-        ],
-        ..Default::default()
-    });
+    let (up, gw) = two_plants().await;
     let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
     let (health, ready, metrics, public) = sync(|| {
         assert_eq!(get(gw.addr, "/plant-7/a", Some(&token), &[]).status, 200);

@@ -11,18 +11,6 @@ use twinward::clock::{Clock, SystemClock};
 
 const ISSUER: &str = "https://gw.test";
 
-async fn setup() -> (Upstream, Gateway) {
-    let up = Upstream::start().await;
-    let gw = Gateway::start(GatewayOptions {
-        routes: vec![
-            RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2),
-            RouteSpec::new("plant-9", "/plant-9", up.addr, "plant-9", 3),
-        ],
-        ..Default::default()
-    });
-    (up, gw)
-}
-
 /// Sends `GET path` with `token` and returns the assertion the twin received.
 fn assertion_for(gw: &Gateway, up: &Upstream, path: &str, token: &str) -> String {
     let before = up.count();
@@ -63,7 +51,7 @@ fn key_files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_assertion_a_twin_receives_verifies_with_jose_and_carries_the_contract_claims() {
-    let (up, gw) = setup().await;
+    let (up, gw) = two_plants().await;
     let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
     let jwt = sync(|| assertion_for(&gw, &up, "/plant-7/sensors", &token));
 
@@ -153,7 +141,7 @@ async fn the_assertion_a_twin_receives_verifies_with_jose_and_carries_the_contra
 
 #[tokio::test(flavor = "multi_thread")]
 async fn key_rotation_publishes_both_keys_and_old_credentials_keep_verifying() {
-    let (up, gw) = setup().await;
+    let (up, gw) = two_plants().await;
     let keys_dir = gw.dir.path().join("keys");
     let first = key_files(&keys_dir);
     assert_eq!(first.len(), 1, "{first:?}");

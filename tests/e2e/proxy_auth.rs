@@ -2,21 +2,9 @@
 
 use crate::common::*;
 
-async fn setup() -> (Upstream, Gateway) {
-    let up = Upstream::start().await;
-    let gw = Gateway::start(GatewayOptions {
-        routes: vec![
-            RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2),
-            RouteSpec::new("plant-9", "/plant-9", up.addr, "plant-9", 3),
-        ],
-        ..Default::default()
-    });
-    (up, gw)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn allowed_request_reaches_the_twin_with_a_credential_and_nothing_of_the_client() {
-    let (up, gw) = setup().await;
+    let (up, gw) = two_plants().await;
     let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
     let r = tokio::task::spawn_blocking({
         let addr = gw.addr;
@@ -79,7 +67,7 @@ async fn allowed_request_reaches_the_twin_with_a_credential_and_nothing_of_the_c
 
 #[tokio::test(flavor = "multi_thread")]
 async fn denied_and_unauthenticated_requests_never_reach_the_twin() {
-    let (up, gw) = setup().await;
+    let (up, gw) = two_plants().await;
     let sim = gw.token("sim-7", &["sim-runner"], &[], "1d");
     let addr = gw.addr;
     let r = tokio::task::spawn_blocking(move || {
@@ -116,7 +104,7 @@ async fn denied_and_unauthenticated_requests_never_reach_the_twin() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_revoked_bad_checksum_and_foreign_tokens_are_refused() {
-    let (up, gw) = setup().await;
+    let (up, gw) = two_plants().await;
     let good = gw.token("sim-7", &["sim-runner"], &[], "1d");
     let short = gw.token("sim-8", &["sim-runner"], &[], "1s");
     let revoked = gw.token("sim-9", &["sim-runner"], &[], "1d");
@@ -172,7 +160,7 @@ async fn expired_revoked_bad_checksum_and_foreign_tokens_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn revocation_reaches_a_running_gateway_within_a_second() {
-    let (_up, gw) = setup().await;
+    let (_up, gw) = two_plants().await;
     let t = gw.token("sim-7", &["sim-runner"], &[], "1d");
     let addr = gw.addr;
     let t2 = t.clone();
@@ -194,7 +182,7 @@ async fn revocation_reaches_a_running_gateway_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn token_scoped_to_one_twin_cannot_reach_another() {
-    let (_up, gw) = setup().await;
+    let (_up, gw) = two_plants().await;
     let t = gw.token("etl", &["data-pipeline"], &["plant-9"], "1d");
     let addr = gw.addr;
     let (a, b) = tokio::task::spawn_blocking(move || {
@@ -212,7 +200,7 @@ async fn token_scoped_to_one_twin_cannot_reach_another() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_routes_are_404_without_route_names() {
-    let (_up, gw) = setup().await;
+    let (_up, gw) = two_plants().await;
     let addr = gw.addr;
     let r = tokio::task::spawn_blocking(move || get(addr, "/plant-8/x", None, &[]))
         .await

@@ -711,3 +711,17 @@ pub fn twinward_in(dir: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .expect("run twinward")
 }
+
+/// An echo upstream behind a gateway with two routes: `/plant-7` (twin plant-7,
+/// sensitivity 2) and `/plant-9` (twin plant-9, sensitivity 3).
+pub async fn two_plants() -> (Upstream, Gateway) {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![
+            RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2),
+            RouteSpec::new("plant-9", "/plant-9", up.addr, "plant-9", 3),
+        ],
+        ..Default::default()
+    });
+    (up, gw)
+}
