@@ -87,8 +87,7 @@ impl Gateway {
         let decision_id = audit::new_id();
         let route = &req.route.config;
         let action = Action::from_method(req.method);
-        let mut event = AuditEvent::new("access", "deny", now);
-        event.event_id = decision_id.clone();
+        let mut event = AuditEvent::with_id(decision_id.clone(), "access", "deny", now);
         event.route = Some(route.name.clone());
         event.action = Some(action.name().to_owned());
         event.detail = serde_json::json!({
@@ -274,8 +273,7 @@ impl Gateway {
         let now = self.clock.now();
         let decision_id = audit::new_id();
         let cfg = &route.config;
-        let mut event = AuditEvent::new("token.exchange", "deny", now);
-        event.event_id = decision_id.clone();
+        let mut event = AuditEvent::with_id(decision_id.clone(), "token.exchange", "deny", now);
         event.route = Some(cfg.name.clone());
         event.detail = serde_json::json!({ "client_ip": client_ip.to_string(), "twin": cfg.twin, "purpose": purpose });
         let token = match self

@@ -33,8 +33,18 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     pub fn new(kind: &'static str, outcome: &'static str, at: Timestamp) -> Self {
+        Self::with_id(new_id(), kind, outcome, at)
+    }
+
+    /// An event whose id is already known (a decision id the client was given).
+    pub fn with_id(
+        event_id: String,
+        kind: &'static str,
+        outcome: &'static str,
+        at: Timestamp,
+    ) -> Self {
         AuditEvent {
-            event_id: new_id(),
+            event_id,
             at_ms: i64::try_from(at.since_epoch().as_millis()).unwrap_or(i64::MAX),
             kind,
             outcome,
