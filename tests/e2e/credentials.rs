@@ -35,6 +35,13 @@ fn unix_now() -> i64 {
     SystemClock.now().unix_secs()
 }
 
+/// The key id in a key file name (`<created>-<kid>.<alg>.p8`).
+fn kid_of(p: &Path) -> String {
+    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+    let rest = name.split_once('-').unwrap().1;
+    rest.split('.').next().unwrap().to_owned()
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -160,17 +167,7 @@ async fn key_rotation_publishes_both_keys_and_old_credentials_keep_verifying() {
     let files = key_files(&keys_dir);
     assert_eq!(files.len(), 2, "{files:?}");
     let new_file = files.iter().find(|f| **f != first[0]).unwrap();
-    let new_kid = new_file
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .split_once('-')
-        .unwrap()
-        .1
-        .split('.')
-        .next()
-        .unwrap()
-        .to_owned();
+    let new_kid = kid_of(new_file);
     assert_ne!(new_kid, old_kid);
     assert_eq!(mode(new_file), 0o600, "a rotated key file is private");
 
@@ -236,17 +233,7 @@ fn rotation_makes_the_new_key_current_even_within_the_same_second() {
             .lines()
             .find_map(|l| l.strip_prefix("new signing key "))
             .unwrap_or_else(|| panic!("no key path in:\n{text}"));
-        let kid = Path::new(path)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .split_once('-')
-            .unwrap()
-            .1
-            .split('.')
-            .next()
-            .unwrap()
-            .to_owned();
+        let kid = kid_of(Path::new(path));
         let current = text
             .lines()
             .find(|l| l.ends_with("current (signing)"))

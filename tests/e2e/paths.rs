@@ -8,8 +8,7 @@
 //! `/plant-7` must be decided for wherever they land, never proxied to plant-7.
 
 use crate::common::*;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,34 +302,14 @@ fn request(addr: SocketAddr, method: &str, target: &[u8], token: &str) -> RawRes
         )
         .as_bytes(),
     );
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&req).expect("send");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
+    let r = raw_bytes(addr, &req).expect("request");
     assert!(
-        !headers
+        !r.headers
             .iter()
             .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")),
         "unexpected chunked response"
     );
-    RawResponse {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
+    r
 }
 
 /// Access audit events the gateway recorded so far.

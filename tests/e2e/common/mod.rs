@@ -439,23 +439,19 @@ impl RawResponse {
 /// Sends bytes exactly as given (no client-side normalization) and reads the response.
 /// The request should carry `Connection: close`.
 pub fn raw(addr: SocketAddr, request: &str) -> std::io::Result<RawResponse> {
+    raw_bytes(addr, request.as_bytes())
+}
+
+/// [`raw`] for a request that is not valid UTF-8 (raw bytes in the target).
+pub fn raw_bytes(addr: SocketAddr, request: &[u8]) -> std::io::Result<RawResponse> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(request.as_bytes())?;
+    s.write_all(request)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect::<Vec<_>>();
+    let (status, headers) = parse_head(head);
     let body = if headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
@@ -469,6 +465,21 @@ pub fn raw(addr: SocketAddr, request: &str) -> std::io::Result<RawResponse> {
         headers,
         body,
     })
+}
+
+/// Status code and headers (names as sent) of an HTTP/1.1 response head.
+pub fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
 }
 
 fn dechunk(mut s: &str) -> String {
