@@ -51,6 +51,19 @@ impl Timestamp {
     }
 }
 
+/// Stored as Unix milliseconds (sessions and ceremony records travel through stores).
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.unix_millis())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u64::deserialize(d).map(Timestamp::from_unix_millis)
+    }
+}
+
 /// A source of the current time. The gateway uses [`SystemClock`]; tests use a fixed or
 /// stepping clock.
 pub trait Clock: Send + Sync + 'static {

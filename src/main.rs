@@ -473,7 +473,7 @@ fn token(cmd: TokenCmd) -> Result<ExitCode, Failure> {
                 let ttl = config::duration::parse(&ttl).map_err(|e| usage(anyhow!("--ttl: {e}")))?;
                 let specs = TwinSpec::from_routes(&cfg.routes, &path.display().to_string());
                 let l = compile(&cfg.policy.dir, &specs)?;
-                let spec = NewTokenSpec { service_account, owner, roles, twins, ttl };
+                let spec = NewTokenSpec { service_account, owner, roles, twins, ttl, user_subject: None };
                 let mut random = [0u8; 32];
                 rand::fill(&mut random);
                 let (text, rec, ev) = issue(store.as_ref(), &spec, |r| l.knows_role(r), |t| l.knows_twin(t), cfg.api_tokens.max_ttl, now, random)

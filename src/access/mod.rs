@@ -3,6 +3,7 @@
 //! record the decision. `http` calls [`Gateway::authorize`] from the proxy, forward-auth and
 //! token-exchange endpoints alike, so all three decide the same way.
 
+pub mod signin;
 pub mod startup;
 pub mod tokens;
 
@@ -13,11 +14,14 @@ use crate::credentials::mint::MintError;
 use crate::credentials::{Credential, CredentialRequest, Minter};
 use crate::identity::pseudonym::Pseudonymizer;
 use crate::metrics::{Metrics, Outcome};
-use crate::policy::context::{AuthMethod, RequestInfo, TimeContext};
+use crate::policy::context::{AuthContext, AuthMethod, RequestInfo, TimeContext};
+use crate::policy::engine::Principal;
 use crate::policy::{Action, Engine, RequestContext};
 use crate::routing::{Route, RouteTable};
+use crate::session::SessionStore;
 use crate::signals::network::NetworkSignals;
 use crate::storage::Store;
+use signin::{LiveSession, Signin};
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokens::{AuthError, TokenAuthenticator};
@@ -35,6 +39,56 @@ pub struct Gateway {
     pub pseudonyms: Pseudonymizer,
     pub metrics: Metrics,
     pub store: Arc<dyn Store>,
+    pub sessions: Arc<dyn SessionStore>,
+    /// Browser sign-in, when `[oidc]` is configured.
+    pub signin: Option<Arc<Signin>>,
+}
+
+/// Who is asking, once authenticated.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Token(Arc<tokens::AuthenticatedToken>),
+    Browser(Box<LiveSession>),
+}
+
+impl Caller {
+    pub fn principal(&self) -> &Principal {
+        match self {
+            Caller::Token(t) => &t.principal,
+            Caller::Browser(b) => &b.principal,
+        }
+    }
+
+    pub fn pseudonym(&self) -> &str {
+        match self {
+            Caller::Token(t) => &t.pseudonym,
+            Caller::Browser(b) => &b.session.user.subject,
+        }
+    }
+
+    pub fn roles(&self) -> &[String] {
+        match self {
+            Caller::Token(t) => &t.record.roles,
+            Caller::Browser(b) => &b.session.user.roles,
+        }
+    }
+
+    /// The authentication facts policy sees in `context.auth`.
+    pub fn auth_context(&self, now: Timestamp) -> AuthContext {
+        match self {
+            Caller::Token(_) => AuthContext::api_token(),
+            Caller::Browser(b) => {
+                let s = &b.session;
+                let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                AuthContext {
+                    method: AuthMethod::Browser,
+                    mfa: s.mfa_at.is_some(),
+                    mfa_age_s: s.mfa_age(now).map_or(-1, secs),
+                    session_age_s: secs(now.saturating_since(s.created)),
+                }
+            }
+        }
+    }
 }
 
 /// One request to decide.
@@ -45,6 +99,8 @@ pub struct AccessRequest<'a> {
     /// The normalized path: what policy sees and what the upstream receives.
     pub path: &'a str,
     pub bearer: Option<&'a str>,
+    /// The gateway session cookie's value, when the browser sent one.
+    pub session_cookie: Option<&'a str>,
     pub client_ip: IpAddr,
     pub purpose: Option<&'a str>,
 }
@@ -61,6 +117,10 @@ pub struct Grant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     Unauthenticated(AuthError),
+    /// Signed in at the IdP, but the passkey check is still to do.
+    SecondFactorRequired,
+    /// Denied now, but allowed after a fresh passkey check (RFC 9470 step-up).
+    StepUp,
     /// Policy denied (or the token is not scoped to this twin).
     Denied {
         reason: String,
@@ -112,17 +172,16 @@ impl Gateway {
             })
         };
 
-        let token = match self
-            .authenticate(req.bearer, &route.twin, now, &mut event)
-            .await
-        {
-            Ok(t) => t,
+        let caller = match self.authenticate(req, &route.twin, now, &mut event).await {
+            Ok(c) => c,
             Err(r) => return refuse(event, r).await,
         };
-        let ctx = self.context(req, now);
+        let mut ctx = self.context(req, now);
+        ctx.auth = caller.auth_context(now);
+        let principal = caller.principal();
 
         let loaded = self.engine.current();
-        let decision = loaded.decide(&token.principal, action, &route.twin, &ctx);
+        let decision = loaded.decide(principal, action, &route.twin, &ctx);
         self.metrics
             .decision_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -133,21 +192,49 @@ impl Gateway {
             }
         }
         if !decision.allow {
+            // A browser whose request a fresh passkey check would allow is sent to step up
+            // (RFC 9470); tools cannot step up, so they only get the denial.
+            if let Caller::Browser(_) = caller {
+                let mut fresh = ctx.clone();
+                fresh.auth.mfa = true;
+                fresh.auth.mfa_age_s = 0;
+                if loaded.decide(principal, action, &route.twin, &fresh).allow {
+                    event.outcome = "step_up";
+                    set_reason(&mut event, "a fresh passkey check is required");
+                    return refuse(event, Refusal::StepUp).await;
+                }
+            }
             let reason = "denied by policy".to_owned();
             set_reason(&mut event, &reason);
             return refuse(event, Refusal::Denied { reason }).await;
         }
 
-        let roles = &token.record.roles;
+        let roles = caller.roles();
+        let (cache_key, amr, not_after) = match &caller {
+            Caller::Token(t) => (
+                t.cache_key.clone(),
+                vec!["api_token".to_owned()],
+                Some(Timestamp::from_unix_secs(t.record.expires_at)),
+            ),
+            Caller::Browser(b) => (
+                format!("session:{}", b.session.key.0),
+                self.signin
+                    .as_ref()
+                    .map(|s| s.amr(&b.session))
+                    .unwrap_or_default(),
+                Some(b.session.expires),
+            ),
+        };
+        let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
         let creq = CredentialRequest {
-            cache_key: &token.cache_key,
-            subject: &token.pseudonym,
+            cache_key: &cache_key,
+            subject: caller.pseudonym(),
             audience: &route.name,
             twin: &route.twin,
             roles,
-            amr: &["api_token"],
+            amr: &amr,
             generation: decision.generation,
-            not_after: Some(Timestamp::from_unix_secs(token.record.expires_at)),
+            not_after,
         };
         // The credential's scope lists every action policy allows here now; computed only
         // when a credential is minted.
@@ -155,12 +242,7 @@ impl Gateway {
             Action::ALL
                 .iter()
                 .filter(|a| **a != Action::Admin)
-                .filter(|a| {
-                    **a == action
-                        || loaded
-                            .decide(&token.principal, **a, &route.twin, &ctx)
-                            .allow
-                })
+                .filter(|a| **a == action || loaded.decide(principal, **a, &route.twin, &ctx).allow)
                 .map(|a| a.name())
                 .collect::<Vec<_>>()
                 .join(" ")
@@ -205,45 +287,117 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Authenticates the bearer for a request to `twin`, noting the actor and any refusal
-    /// reason on `event`. The outer `Err` is a refusal known without storage.
+    /// Authenticates a request to `twin`: a bearer token if one is sent, else the session
+    /// cookie. Notes the actor and any refusal reason on `event`.
     async fn authenticate(
         &self,
-        bearer: Option<&str>,
+        req: &AccessRequest<'_>,
+        twin: &str,
+        now: Timestamp,
+        event: &mut AuditEvent,
+    ) -> Result<Caller, Refusal> {
+        if let Some(bearer) = req.bearer {
+            return self
+                .authenticate_token(bearer, twin, now, event)
+                .await
+                .map(Caller::Token);
+        }
+        if let (Some(cookie), Some(signin)) = (req.session_cookie, &self.signin) {
+            match signin.session(cookie, now).await {
+                Ok(Some(live)) => {
+                    event.actor = Some(live.session.user.email.clone());
+                    event.actor_pseudonym = Some(live.session.user.subject.clone());
+                    if let Some(d) = event.detail.as_object_mut() {
+                        d.insert("session".into(), live.session.key.short().into());
+                    }
+                    if !signin.second_factor_done(&live.session) {
+                        set_reason(event, "passkey check not done");
+                        return Err(Refusal::SecondFactorRequired);
+                    }
+                    return Ok(Caller::Browser(Box::new(live)));
+                }
+                // A cookie that names no live session is no credential at all.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "session lookup failed");
+                    self.metrics.store_errors.inc();
+                    event.outcome = "error";
+                    set_reason(event, "session store unavailable");
+                    return Err(Refusal::Unavailable);
+                }
+            }
+        }
+        set_reason(event, "no credentials");
+        Err(Refusal::Unauthenticated(AuthError::Missing))
+    }
+
+    /// Authenticates an API token for a request to `twin`.
+    async fn authenticate_token(
+        &self,
+        bearer: &str,
         twin: &str,
         now: Timestamp,
         event: &mut AuditEvent,
     ) -> Result<Arc<tokens::AuthenticatedToken>, Refusal> {
-        let Some(bearer) = bearer else {
-            set_reason(event, "no credentials");
-            return Err(Refusal::Unauthenticated(AuthError::Missing));
+        let token = match self.tokens.authenticate(bearer, now).await {
+            Ok(t) => t,
+            Err(AuthError::Unavailable) => {
+                self.metrics.store_errors.inc();
+                event.outcome = "error";
+                set_reason(event, "token store unavailable");
+                return Err(Refusal::Unavailable);
+            }
+            Err(e) => {
+                set_reason(event, &e.to_string());
+                return Err(Refusal::Unauthenticated(e));
+            }
         };
-        {
-            let token = match self.tokens.authenticate(bearer, now).await {
-                Ok(t) => t,
-                Err(AuthError::Unavailable) => {
-                    self.metrics.store_errors.inc();
-                    event.outcome = "error";
-                    set_reason(event, "token store unavailable");
-                    return Err(Refusal::Unavailable);
-                }
-                Err(e) => {
-                    set_reason(event, &e.to_string());
-                    return Err(Refusal::Unauthenticated(e));
-                }
-            };
-            event.actor = Some(token.record.service_account.clone());
-            event.actor_pseudonym = Some(token.pseudonym.clone());
-            if let Some(d) = event.detail.as_object_mut() {
-                d.insert("token_id".into(), token.record.id.clone().into());
-            }
-            if !token.record.twins.is_empty() && !token.record.twins.iter().any(|t| t == twin) {
-                let reason = format!("token is not scoped to twin {twin:?}");
-                set_reason(event, &reason);
-                return Err(Refusal::Denied { reason });
-            }
-            Ok(token)
+        event.actor = Some(if token.record.user_subject.is_some() {
+            token.record.owner.clone()
+        } else {
+            token.record.service_account.clone()
+        });
+        event.actor_pseudonym = Some(token.pseudonym.clone());
+        if let Some(d) = event.detail.as_object_mut() {
+            d.insert("token_id".into(), token.record.id.clone().into());
         }
+        if !token.record.twins.is_empty() && !token.record.twins.iter().any(|t| t == twin) {
+            let reason = format!("token is not scoped to twin {twin:?}");
+            set_reason(event, &reason);
+            return Err(Refusal::Denied { reason });
+        }
+        Ok(token)
+    }
+
+    /// Whether policy would allow `caller` to take `action` on `route` now, from
+    /// `client_ip` (the portal's list of twins I may open). Not audited: nothing is accessed.
+    pub fn allows(
+        &self,
+        caller: &Caller,
+        route: &Arc<Route>,
+        action: Action,
+        client_ip: IpAddr,
+    ) -> bool {
+        let now = self.clock.now();
+        let req = AccessRequest {
+            route,
+            method: if action == Action::Read {
+                "GET"
+            } else {
+                "POST"
+            },
+            path: &route.config.path_prefix,
+            bearer: None,
+            session_cookie: None,
+            client_ip,
+            purpose: None,
+        };
+        let mut ctx = self.context(&req, now);
+        ctx.auth = caller.auth_context(now);
+        self.engine
+            .current()
+            .decide(caller.principal(), action, &route.config.twin, &ctx)
+            .allow
     }
 
     fn context(&self, req: &AccessRequest<'_>, now: Timestamp) -> RequestContext {
@@ -277,7 +431,7 @@ impl Gateway {
         event.route = Some(cfg.name.clone());
         event.detail = serde_json::json!({ "client_ip": client_ip.to_string(), "twin": cfg.twin, "purpose": purpose });
         let token = match self
-            .authenticate(Some(bearer), &cfg.twin, now, &mut event)
+            .authenticate_token(bearer, &cfg.twin, now, &mut event)
             .await
         {
             Ok(t) => t,
@@ -298,6 +452,7 @@ impl Gateway {
                 method,
                 path: &cfg.path_prefix,
                 bearer: None,
+                session_cookie: None,
                 client_ip,
                 purpose,
             };
@@ -369,7 +524,8 @@ fn set_reason(event: &mut AuditEvent, reason: &str) {
 
 fn refusal_label(r: &Refusal) -> &'static str {
     match r {
-        Refusal::Unauthenticated(_) => "unauthenticated",
+        Refusal::Unauthenticated(_) | Refusal::SecondFactorRequired => "unauthenticated",
+        Refusal::StepUp => "step_up",
         Refusal::Denied { .. } => "deny",
         Refusal::Unavailable => "error",
     }

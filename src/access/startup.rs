@@ -1,5 +1,6 @@
 //! Building a [`Gateway`] from a validated config: storage, keys, pseudonym key, policy.
 
+use super::signin::Signin;
 use super::tokens::TokenAuthenticator;
 use super::Gateway;
 use crate::audit::AuditSink;
@@ -8,11 +9,15 @@ use crate::config::secret::{Secret, SecretError};
 use crate::config::Config;
 use crate::credentials::keys::{self, KeyStoreError};
 use crate::credentials::Minter;
+use crate::identity::oidc::OidcClient;
 use crate::identity::pseudonym::{Pseudonymizer, WeakKey};
 use crate::metrics::Metrics;
+use crate::mfa::Passkeys;
 use crate::policy::engine::TwinSpec;
 use crate::policy::{Engine, PolicyError};
 use crate::routing::RouteTable;
+use crate::session::memory::MemoryStore;
+use crate::session::SessionStore;
 use crate::signals::network::NetworkSignals;
 use crate::storage::{self, StorageError};
 use std::io::Write;
@@ -34,6 +39,12 @@ pub enum StartError {
     PseudonymFile { path: String, message: String },
     #[error("policy:\n{0}")]
     Policy(#[from] PolicyError),
+    #[error("oidc: {0}")]
+    Oidc(#[from] crate::identity::oidc::OidcError),
+    #[error("oidc client secret: {0}")]
+    ClientSecret(SecretError),
+    #[error("webauthn: {0}")]
+    Webauthn(#[from] crate::mfa::MfaError),
 }
 
 /// The generated pseudonym key's file name inside the keys directory.
@@ -108,7 +119,29 @@ impl Gateway {
         let twins = TwinSpec::from_routes(&config.routes, "twinward.toml");
         let engine = Arc::new(Engine::load(&config.policy.dir, twins)?);
         let (audit, audit_task) = AuditSink::start(store.clone());
+        let sessions: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+        let signin = match &config.signin {
+            None => None,
+            Some(cfg) => {
+                let secret = cfg
+                    .oidc
+                    .client_secret
+                    .load()
+                    .map_err(StartError::ClientSecret)?;
+                let oidc = OidcClient::new(&cfg.oidc, &cfg.redirect_uri(), &secret)?;
+                let passkeys = Passkeys::new(&cfg.webauthn, store.clone(), sessions.clone())?;
+                Some(Arc::new(Signin::new(
+                    cfg.clone(),
+                    config.session.clone(),
+                    oidc,
+                    passkeys,
+                    sessions.clone(),
+                )))
+            }
+        };
         let gw = Gateway {
+            sessions,
+            signin,
             routes: RouteTable::new(&config.routes),
             tokens: TokenAuthenticator::new(store.clone(), pseudonyms.clone()),
             minter: Minter::new(

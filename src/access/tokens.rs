@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The `idp` attribute of a user principal acting through a personal API token.
+pub const PERSONAL_TOKEN_IDP: &str = "twinward:api_token";
+
 /// How long a verified token is trusted without asking storage again.
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
 
@@ -79,14 +82,29 @@ impl TokenAuthenticator {
                         return Err(AuthError::Unavailable);
                     }
                 };
-                let principal = Principal::service_account(&record.service_account, &record.owner, &record.roles).map_err(|e| {
+                // A personal token acts as its user (with the token's subset of roles);
+                // a service-account token as the service account.
+                let (principal, pseudonym) = match &record.user_subject {
+                    Some(subject) => (
+                        Principal::user(subject, &record.owner, PERSONAL_TOKEN_IDP, &record.roles),
+                        subject.clone(),
+                    ),
+                    None => (
+                        Principal::service_account(
+                            &record.service_account,
+                            &record.owner,
+                            &record.roles,
+                        ),
+                        self.pseudonyms
+                            .subject(SERVICE_ACCOUNT_ISSUER, &record.service_account),
+                    ),
+                };
+                let principal = principal.map_err(|e| {
                     tracing::error!(error = %e, token_id = %record.id, "stored token cannot form a principal");
                     AuthError::Unknown
                 })?;
                 let token = Arc::new(AuthenticatedToken {
-                    pseudonym: self
-                        .pseudonyms
-                        .subject(SERVICE_ACCOUNT_ISSUER, &record.service_account),
+                    pseudonym,
                     cache_key: format!("token:{}", record.id),
                     record,
                     principal,
@@ -119,6 +137,8 @@ pub struct NewTokenSpec {
     pub roles: Vec<String>,
     pub twins: Vec<String>,
     pub ttl: Duration,
+    /// Personal tokens: the user they act for (pseudonymous subject).
+    pub user_subject: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +216,7 @@ pub async fn issue(
             .unix_secs()
             .saturating_add(i64::try_from(spec.ttl.as_secs()).unwrap_or(i64::MAX)),
         revoked_at: None,
+        user_subject: spec.user_subject.clone(),
     };
     store.insert_token(&record).await?;
     let mut ev = AuditEvent::new("token.create", "ok", now);

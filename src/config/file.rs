@@ -28,7 +28,50 @@ pub struct FileConfig {
     #[serde(default)]
     pub log: LogFile,
     #[serde(default)]
+    pub oidc: Option<Spanned<OidcFile>>,
+    #[serde(default)]
+    pub webauthn: WebauthnFile,
+    #[serde(default)]
+    pub session: SessionFile,
+    #[serde(default)]
     pub routes: Vec<Spanned<RouteFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct OidcFile {
+    pub issuer: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub client_secret_file: Option<Spanned<String>>,
+    pub client_secret_env: Option<Spanned<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub roles_claim: Option<Spanned<String>>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, Spanned<String>>,
+    /// Tolerated clock difference with the IdP for `iat`/`exp`.
+    pub clock_skew: Option<Spanned<HumanDuration>>,
+    /// The least time between two JWKS fetches caused by an unknown `kid`.
+    pub jwks_refresh_interval: Option<Spanned<HumanDuration>>,
+    /// How the sign-in page names the IdP ("your organisation account" when absent).
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct WebauthnFile {
+    pub rp_id: Option<Spanned<String>>,
+    pub rp_name: Option<String>,
+    pub origins: Option<Vec<Spanned<String>>>,
+    pub required: Option<bool>,
+    #[serde(default)]
+    pub trusted_aaguids: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SessionFile {
+    pub store: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<HumanDuration>>,
+    pub max_lifetime: Option<Spanned<HumanDuration>>,
+    /// How recent a passkey check must be for sensitive self-service changes.
+    pub mfa_max_age: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

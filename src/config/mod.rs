@@ -6,6 +6,7 @@
 pub mod duration;
 pub mod file;
 pub mod secret;
+pub mod signin;
 
 use crate::routing::path;
 use file::FileConfig;
@@ -66,6 +67,9 @@ pub struct Config {
     pub location: LocationConfig,
     pub api_tokens: ApiTokenConfig,
     pub log: LogConfig,
+    pub session: signin::SessionConfig,
+    /// Browser sign-in; `None` when `[oidc]` is absent (API tokens only).
+    pub signin: Option<signin::SigninConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -451,8 +455,12 @@ impl Validator<'_> {
             json: log,
             level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
         };
+        let session = self.session(raw.session);
+        let signin = self.signin(raw.oidc, raw.webauthn, &server);
         let routes = self.routes(raw.routes, &server.production_hosts);
         Config {
+            session,
+            signin,
             base_dir: self.base_dir.to_path_buf(),
             server,
             storage,

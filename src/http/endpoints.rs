@@ -35,6 +35,14 @@ struct Original {
     path_and_query: String,
 }
 
+impl Original {
+    /// The URL the browser asked for, to come back to after sign-in.
+    fn url(&self, cfg: &crate::config::signin::SigninConfig) -> String {
+        let uri: Uri = self.path_and_query.parse().unwrap_or_default();
+        super::error::return_url(cfg, self.host.as_deref(), &uri)
+    }
+}
+
 /// nginx `auth_request` sends `X-Original-URL` and `X-Original-Method`; Traefik and Caddy
 /// send `X-Forwarded-Method/Proto/Host/Uri`.
 fn original(headers: &HeaderMap) -> Option<Original> {
@@ -124,11 +132,26 @@ pub async fn verify(
         method: &orig.method,
         path: normalized.as_str(),
         bearer: bearer(&headers),
+        session_cookie: gw
+            .signin
+            .as_ref()
+            .and_then(|s| super::cookies::get(&headers, s.cfg.cookie_name)),
         client_ip,
         purpose: purpose(&headers),
     };
     match gw.authorize(&access).await {
-        Err(refused) => error::refusal(&refused, false),
+        Err(refused) => {
+            // The proxy in front sends the browser on; the location says where to sign in.
+            let back = gw.signin.as_ref().map(|s| orig.url(&s.cfg));
+            let mut resp = error::refusal(&refused, false, None);
+            if let (Some(s), Some(back)) = (&gw.signin, &back) {
+                let login = error::login_location(&s.cfg, back);
+                if let Ok(v) = HeaderValue::from_str(&login) {
+                    resp.headers_mut().insert(http::header::LOCATION, v);
+                }
+            }
+            resp
+        }
         Ok(grant) => {
             let mut resp = Response::new(Body::empty());
             if let Ok(v) = HeaderValue::from_str(&grant.credential.token) {
@@ -246,6 +269,12 @@ pub async fn token_exchange(
             resp
         }
         Err(r) => match &r.refusal {
+            Refusal::SecondFactorRequired | Refusal::StepUp => oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "subject_token: only twinward API tokens are accepted here",
+                Some(&r.decision_id),
+            ),
             Refusal::Unauthenticated(e) => oauth_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",

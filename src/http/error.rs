@@ -5,6 +5,7 @@
 
 use crate::access::tokens::AuthError;
 use crate::access::{Refusal, Refused};
+use crate::config::signin::SigninConfig;
 use axum::body::Body;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
@@ -86,10 +87,71 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// Where a browser comes back to after signing in: a path on the auth host, or the full
+/// URL on another host the gateway serves.
+pub fn return_url(cfg: &SigninConfig, host: Option<&str>, uri: &http::Uri) -> String {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let auth_host = cfg
+        .public_url
+        .host_str()
+        .map(|h| match cfg.public_url.port() {
+            Some(p) => format!("{h}:{p}"),
+            None => h.to_owned(),
+        });
+    match host {
+        Some(h) if Some(h.to_ascii_lowercase()) != auth_host => {
+            format!("{}://{h}{pq}", cfg.public_url.scheme())
+        }
+        _ => pq.to_owned(),
+    }
+}
+
+fn on_auth_host(cfg: &SigninConfig, path: &str, return_to: &str) -> String {
+    format!(
+        "{}{path}?return_to={}",
+        cfg.public_url.as_str().trim_end_matches('/'),
+        percent_encoding::utf8_percent_encode(return_to, percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+/// The sign-in URL that comes back to `return_to`.
+pub fn login_location(cfg: &SigninConfig, return_to: &str) -> String {
+    on_auth_host(cfg, "/.twinward/login", return_to)
+}
+
+pub fn mfa_location(cfg: &SigninConfig, return_to: &str, step_up: bool) -> String {
+    let mut l = on_auth_host(cfg, "/.twinward/mfa", return_to);
+    if step_up {
+        l.push_str("&step_up=1");
+    }
+    l
+}
+
+pub fn redirect(location: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Browser sign-in config and the URL to come back to, for refusals a browser can act on.
+pub type Comeback<'a> = Option<(&'a SigninConfig, &'a str)>;
+
 /// The response for a refused request.
-pub fn refusal(r: &Refused, html: bool) -> Response<Body> {
+pub fn refusal(r: &Refused, html: bool, comeback: Comeback<'_>) -> Response<Body> {
     let id = Some(r.decision_id.as_str());
+    let browser_flow = if html { comeback } else { None };
     match &r.refusal {
+        Refusal::Unauthenticated(AuthError::Missing) if browser_flow.is_some() => {
+            match browser_flow {
+                Some((cfg, back)) => redirect(&login_location(cfg, back)),
+                None => not_found(html),
+            }
+        }
         Refusal::Unauthenticated(e) => {
             let mut resp = problem(
                 StatusCode::UNAUTHORIZED,
@@ -110,7 +172,43 @@ pub fn refusal(r: &Refused, html: bool) -> Response<Body> {
             }
             resp
         }
-        Refusal::Denied { reason } => problem(StatusCode::FORBIDDEN, "Forbidden", reason, id, html),
+        Refusal::SecondFactorRequired | Refusal::StepUp => {
+            let step_up = r.refusal == Refusal::StepUp;
+            if let Some((cfg, back)) = browser_flow {
+                return redirect(&mfa_location(cfg, back, step_up));
+            }
+            let (detail, challenge) = if step_up {
+                (
+                    "this request needs a fresh passkey check; sign in again in the browser",
+                    "Bearer realm=\"twinward\", error=\"insufficient_user_authentication\", error_description=\"A fresh passkey check is required\"",
+                )
+            } else {
+                (
+                    "finish signing in with your passkey first",
+                    "Bearer realm=\"twinward\", error=\"insufficient_user_authentication\", error_description=\"A passkey check is required\"",
+                )
+            };
+            let mut resp = problem(StatusCode::UNAUTHORIZED, "Unauthorized", detail, id, html);
+            resp.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            resp
+        }
+        Refusal::Denied { reason } => {
+            if html {
+                super::ui::render(
+                    StatusCode::FORBIDDEN,
+                    "denied.html",
+                    serde_json::json!({
+                        "status": 403,
+                        "title": "You do not have access",
+                        "message": "Policy does not allow this request for your account right now.",
+                        "decision_id": r.decision_id,
+                    }),
+                )
+            } else {
+                problem(StatusCode::FORBIDDEN, "Forbidden", reason, id, html)
+            }
+        }
         Refusal::Unavailable => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable",

@@ -4,14 +4,17 @@
 //! `/healthz`, `/readyz` and `/metrics`, never on the public listener.
 
 pub mod admin;
+pub mod browser;
+pub mod cookies;
 pub mod endpoints;
 pub mod error;
 pub mod proxy;
+pub mod ui;
 
 use crate::access::Gateway;
 use crate::routing::path;
 use axum::body::Body;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -46,6 +49,53 @@ fn gateway_router(state: AppState) -> Router {
                 .post(endpoints::verify),
         )
         .route("/.twinward/oauth/token", post(endpoints::token_exchange))
+        .route("/.twinward/static/{name}", get(ui::static_file))
+        .route("/.twinward/login", get(browser::auth::login))
+        .route("/.twinward/callback", get(browser::auth::callback))
+        .route("/.twinward/logout", post(browser::auth::logout))
+        .route("/.twinward/mfa", get(browser::passkey::page))
+        .route(
+            "/.twinward/api/webauthn/register/start",
+            post(browser::passkey::register_start),
+        )
+        .route(
+            "/.twinward/api/webauthn/register/finish",
+            post(browser::passkey::register_finish),
+        )
+        .route(
+            "/.twinward/api/webauthn/authenticate/start",
+            post(browser::passkey::authenticate_start),
+        )
+        .route(
+            "/.twinward/api/webauthn/authenticate/finish",
+            post(browser::passkey::authenticate_finish),
+        )
+        .route("/.twinward/", get(browser::portal::portal))
+        .route("/.twinward/api/me", get(browser::portal::me))
+        .route(
+            "/.twinward/api/tokens",
+            get(browser::portal::api_tokens_list).post(browser::portal::api_tokens_create),
+        )
+        .route(
+            "/.twinward/api/tokens/{id}",
+            delete(browser::portal::api_tokens_delete),
+        )
+        .route(
+            "/.twinward/portal/tokens",
+            post(browser::portal::form_token_create),
+        )
+        .route(
+            "/.twinward/portal/tokens/{id}/revoke",
+            post(browser::portal::form_token_revoke),
+        )
+        .route(
+            "/.twinward/portal/passkeys/{id}/delete",
+            post(browser::portal::form_passkey_delete),
+        )
+        .route(
+            "/.twinward/portal/sessions/{id}/revoke",
+            post(browser::portal::form_session_revoke),
+        )
         .fallback(
             |req: Request<Body>| async move { error::not_found(error::wants_html(req.headers())) },
         )

@@ -24,8 +24,7 @@ use std::time::Instant;
 
 pub const ASSERTION_HEADER: &str = "x-twinward-assertion";
 pub const PURPOSE_HEADER: &str = "x-twinward-purpose";
-/// Cookie names the gateway sets (browser sessions); never forwarded.
-pub const GATEWAY_COOKIES: [&str; 2] = ["__Host-twinward", "twinward"];
+pub use super::cookies::GATEWAY_COOKIES;
 
 /// One pooled client per route (each route has its own timeouts and protocol).
 pub struct Upstreams {
@@ -263,11 +262,25 @@ pub async fn handle(
         method: req.method().as_str(),
         path: path.as_str(),
         bearer: bearer(headers),
+        session_cookie: gw
+            .signin
+            .as_ref()
+            .and_then(|s| super::cookies::get(headers, s.cfg.cookie_name)),
         client_ip,
         purpose: purpose(headers),
     };
     let resp = match gw.authorize(&access).await {
-        Err(refused) => error::refusal(&refused, html),
+        Err(refused) => {
+            let back = gw
+                .signin
+                .as_ref()
+                .map(|s| (s, error::return_url(&s.cfg, host.as_deref(), req.uri())));
+            error::refusal(
+                &refused,
+                html,
+                back.as_ref().map(|(s, b)| (&s.cfg, b.as_str())),
+            )
+        }
         Ok(grant) => {
             forward(
                 &state,

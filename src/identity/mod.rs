@@ -2,4 +2,5 @@
 //! pseudonymous subject twins see instead of the production identity.
 
 pub mod api_token;
+pub mod oidc;
 pub mod pseudonym;

@@ -36,6 +36,18 @@ pub struct AuthContext {
     pub session_age_s: i64,
 }
 
+impl AuthContext {
+    /// A tool with an API token: no session, no second factor.
+    pub fn api_token() -> Self {
+        AuthContext {
+            method: AuthMethod::ApiToken,
+            mfa: false,
+            mfa_age_s: -1,
+            session_age_s: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceContext {
     pub id: String,

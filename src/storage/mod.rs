@@ -44,6 +44,39 @@ pub struct TokenRecord {
     pub created_at: i64,
     pub expires_at: i64,
     pub revoked_at: Option<i64>,
+    /// Personal tokens: the pseudonymous subject of the user they act for.
+    pub user_subject: Option<String>,
+}
+
+/// A person who signed in through the browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub subject: String,
+    pub issuer: String,
+    pub idp_subject: String,
+    pub email: String,
+    pub name: String,
+    /// The user handle authenticators store (random, not derived from the identity).
+    pub webauthn_id: uuid::Uuid,
+    pub created_at: i64,
+    pub last_login_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasskeyRecord {
+    pub id: String,
+    pub user_subject: String,
+    /// base64url credential id.
+    pub credential_id: String,
+    pub name: String,
+    pub aaguid: uuid::Uuid,
+    /// webauthn-rs's serialized passkey (public key, counter, flags).
+    pub passkey: String,
+    pub backup_eligible: bool,
+    pub backup_state: bool,
+    pub sign_count: u32,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -68,6 +101,27 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StorageError>>;
     fn ping(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+
+    /// Records a sign-in: inserts the user on first sight (keeping the given webauthn id),
+    /// otherwise refreshes email, name and last login. Returns the stored user.
+    fn upsert_user(&self, u: &UserRecord) -> BoxFuture<'_, Result<UserRecord, StorageError>>;
+    fn passkeys_of<'a>(
+        &'a self,
+        subject: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PasskeyRecord>, StorageError>>;
+    fn insert_passkey(&self, p: &PasskeyRecord) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// Saves what an authentication changed (counter, backup state, last use).
+    fn update_passkey(&self, p: &PasskeyRecord) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// Deletes one of the user's passkeys; false when the user has no such passkey.
+    fn delete_passkey<'a>(
+        &'a self,
+        subject: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StorageError>>;
+    fn tokens_of_user<'a>(
+        &'a self,
+        subject: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<TokenRecord>, StorageError>>;
 }
 
 /// Opens the store a URL names, applying migrations.

@@ -2,7 +2,7 @@
 //! file; audit appends take the write lock up front (`BEGIN IMMEDIATE`) so two processes
 //! never chain onto the same tail.
 
-use super::{StorageError, Store, TokenRecord};
+use super::{PasskeyRecord, StorageError, Store, TokenRecord, UserRecord};
 use crate::audit::chain::{hash_event, GENESIS};
 use crate::audit::{AuditEvent, OwnedEvent, StoredEvent};
 use crate::identity::api_token::TokenHash;
@@ -70,6 +70,42 @@ fn token_from_row(r: &SqliteRow) -> Result<TokenRecord, StorageError> {
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
+        user_subject: r.try_get("user_subject")?,
+    })
+}
+
+fn uuid_col(r: &SqliteRow, col: &str) -> Result<uuid::Uuid, StorageError> {
+    let s: String = r.try_get(col)?;
+    uuid::Uuid::parse_str(&s).map_err(|e| StorageError::Corrupt(format!("{col}: {e}")))
+}
+
+fn user_from_row(r: &SqliteRow) -> Result<UserRecord, StorageError> {
+    Ok(UserRecord {
+        subject: r.try_get("subject")?,
+        issuer: r.try_get("issuer")?,
+        idp_subject: r.try_get("idp_subject")?,
+        email: r.try_get("email")?,
+        name: r.try_get("name")?,
+        webauthn_id: uuid_col(r, "webauthn_id")?,
+        created_at: r.try_get("created_at")?,
+        last_login_at: r.try_get("last_login_at")?,
+    })
+}
+
+fn passkey_from_row(r: &SqliteRow) -> Result<PasskeyRecord, StorageError> {
+    Ok(PasskeyRecord {
+        id: r.try_get("id")?,
+        user_subject: r.try_get("user_subject")?,
+        credential_id: r.try_get("credential_id")?,
+        name: r.try_get("name")?,
+        aaguid: uuid_col(r, "aaguid")?,
+        passkey: r.try_get("passkey")?,
+        backup_eligible: r.try_get("backup_eligible")?,
+        backup_state: r.try_get("backup_state")?,
+        sign_count: u32::try_from(r.try_get::<i64, _>("sign_count")?)
+            .map_err(|_| StorageError::Corrupt("sign_count out of range".into()))?,
+        created_at: r.try_get("created_at")?,
+        last_used_at: r.try_get("last_used_at")?,
     })
 }
 
@@ -95,13 +131,13 @@ fn event_from_row(r: &SqliteRow) -> Result<StoredEvent, StorageError> {
     })
 }
 
-const TOKEN_COLUMNS: &str = "id, token_hash, display_prefix, service_account, owner, roles, twins, created_at, expires_at, revoked_at";
+const TOKEN_COLUMNS: &str = "id, token_hash, display_prefix, service_account, owner, roles, twins, created_at, expires_at, revoked_at, user_subject";
 
 impl Store for SqliteStore {
     fn insert_token(&self, t: &TokenRecord) -> BoxFuture<'_, Result<(), StorageError>> {
         let t = t.clone();
         Box::pin(async move {
-            sqlx::query("INSERT INTO api_tokens (id, token_hash, display_prefix, service_account, owner, roles, twins, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            sqlx::query("INSERT INTO api_tokens (id, token_hash, display_prefix, service_account, owner, roles, twins, created_at, expires_at, revoked_at, user_subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
                 .bind(&t.id)
                 .bind(t.hash.to_hex())
                 .bind(&t.display_prefix)
@@ -112,6 +148,7 @@ impl Store for SqliteStore {
                 .bind(t.created_at)
                 .bind(t.expires_at)
                 .bind(t.revoked_at)
+                .bind(&t.user_subject)
                 .execute(&self.pool)
                 .await?;
             Ok(())
@@ -258,6 +295,116 @@ impl Store for SqliteStore {
             Ok(())
         })
     }
+
+    fn upsert_user(&self, u: &UserRecord) -> BoxFuture<'_, Result<UserRecord, StorageError>> {
+        let u = u.clone();
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO users (subject, issuer, idp_subject, email, name, webauthn_id, created_at, last_login_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)                  ON CONFLICT (subject) DO UPDATE SET email = excluded.email, name = excluded.name, last_login_at = excluded.last_login_at",
+            )
+            .bind(&u.subject)
+            .bind(&u.issuer)
+            .bind(&u.idp_subject)
+            .bind(&u.email)
+            .bind(&u.name)
+            .bind(u.webauthn_id.to_string())
+            .bind(u.created_at)
+            .bind(u.last_login_at)
+            .execute(&self.pool)
+            .await?;
+            let row = sqlx::query("SELECT * FROM users WHERE subject = ?")
+                .bind(&u.subject)
+                .fetch_one(&self.pool)
+                .await?;
+            user_from_row(&row)
+        })
+    }
+
+    fn passkeys_of<'a>(
+        &'a self,
+        subject: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PasskeyRecord>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT * FROM passkeys WHERE user_subject = ? ORDER BY created_at, id",
+            )
+            .bind(subject)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(passkey_from_row).collect()
+        })
+    }
+
+    fn insert_passkey(&self, p: &PasskeyRecord) -> BoxFuture<'_, Result<(), StorageError>> {
+        let p = p.clone();
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO passkeys (id, user_subject, credential_id, name, aaguid, passkey, backup_eligible, backup_state, sign_count, created_at, last_used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&p.id)
+            .bind(&p.user_subject)
+            .bind(&p.credential_id)
+            .bind(&p.name)
+            .bind(p.aaguid.to_string())
+            .bind(&p.passkey)
+            .bind(p.backup_eligible)
+            .bind(p.backup_state)
+            .bind(i64::from(p.sign_count))
+            .bind(p.created_at)
+            .bind(p.last_used_at)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn update_passkey(&self, p: &PasskeyRecord) -> BoxFuture<'_, Result<(), StorageError>> {
+        let p = p.clone();
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE passkeys SET passkey = ?, backup_state = ?, sign_count = ?, last_used_at = ? WHERE id = ? AND user_subject = ?",
+            )
+            .bind(&p.passkey)
+            .bind(p.backup_state)
+            .bind(i64::from(p.sign_count))
+            .bind(p.last_used_at)
+            .bind(&p.id)
+            .bind(&p.user_subject)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn delete_passkey<'a>(
+        &'a self,
+        subject: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(async move {
+            let r = sqlx::query("DELETE FROM passkeys WHERE id = ? AND user_subject = ?")
+                .bind(id)
+                .bind(subject)
+                .execute(&self.pool)
+                .await?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
+    fn tokens_of_user<'a>(
+        &'a self,
+        subject: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<TokenRecord>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE user_subject = ? ORDER BY created_at, id"
+            ))
+            .bind(subject)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(token_from_row).collect()
+        })
+    }
 }
 
 #[cfg(test)]
@@ -326,6 +473,7 @@ mod tests {
             created_at: 1,
             expires_at: 2,
             revoked_at: None,
+            user_subject: None,
         };
         s.insert_token(&rec).await.unwrap();
         assert_eq!(s.token_by_hash(t.hash).await.unwrap(), Some(rec.clone()));

@@ -1,0 +1,354 @@
+//! `GET /.twinward/login`, `GET /.twinward/callback` and `POST /.twinward/logout`.
+
+use super::{error_page, Browser};
+use crate::audit::AuditEvent;
+use crate::http::{cookies, error, ui, AppState, Peer};
+use crate::identity::oidc::{OidcError, PendingLogin};
+use crate::session::{hashed, random_token, SignedInUser};
+use crate::storage::UserRecord;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::Extension;
+use http::{HeaderMap, Response, StatusCode};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long a sign-in may take at the IdP.
+const LOGIN_TTL: Duration = Duration::from_secs(600);
+const LOGIN_KIND: &str = "login";
+
+fn login_retry(return_to: &str) -> String {
+    format!(
+        "/.twinward/login?return_to={}",
+        percent_encoding::utf8_percent_encode(return_to, percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response<Body> {
+    let Some(b) = Browser::of(&state) else {
+        return super::not_configured();
+    };
+    let return_to = b.return_to(q.get("return_to").map(String::as_str));
+    // Sign-in happens on the auth host only: its cookies and the redirect URI live there.
+    if !on_auth_host(&b, &headers) {
+        return error::redirect(&error::login_location(&b.signin.cfg, &return_to));
+    }
+    let binding = random_token();
+    let start = match b
+        .signin
+        .oidc
+        .start(return_to.clone(), hashed(&binding), b.now)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start sign-in");
+            return error_page(
+                StatusCode::BAD_GATEWAY,
+                "Sign-in is unavailable",
+                "The sign-in service of your organisation cannot be reached right now. Try again in a minute.",
+                Some(&login_retry(&return_to)),
+            );
+        }
+    };
+    let stored = serde_json::to_vec(&start.pending).unwrap_or_default();
+    if let Err(e) = b
+        .signin
+        .sessions
+        .put_once(
+            LOGIN_KIND,
+            &hashed(&start.state),
+            stored,
+            b.now,
+            b.now.saturating_add(LOGIN_TTL),
+        )
+        .await
+    {
+        tracing::error!(error = %e, "cannot store the sign-in state");
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is unavailable",
+            "Try again in a minute.",
+            None,
+        );
+    }
+    let mut resp = error::redirect(&start.authorize_url);
+    resp.headers_mut().append(
+        http::header::SET_COOKIE,
+        cookies::login(&b.signin.cfg, &binding, LOGIN_TTL.as_secs()),
+    );
+    resp
+}
+
+fn on_auth_host(b: &Browser, headers: &HeaderMap) -> bool {
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let u = &b.signin.cfg.public_url;
+    let expected = match (u.host_str(), u.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        _ => return false,
+    };
+    host.as_deref() == Some(expected.as_str())
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn callback(
+    State(state): State<AppState>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response<Body> {
+    let Some(b) = Browser::of(&state) else {
+        return super::not_configured();
+    };
+    let client_ip = crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers).to_string();
+    let mut ev = AuditEvent::new("signin", "fail", b.now);
+    ev.detail = serde_json::json!({ "client_ip": client_ip });
+    let fail = |mut ev: AuditEvent,
+                reason: String,
+                status: StatusCode,
+                title: &str,
+                message: &str,
+                retry: Option<String>| {
+        let gw = b.gw.clone();
+        let signin = b.signin.clone();
+        let title = title.to_owned();
+        let message = message.to_owned();
+        async move {
+            if let Some(d) = ev.detail.as_object_mut() {
+                d.insert("reason".into(), reason.into());
+            }
+            gw.audit.record(ev).await;
+            let mut resp = error_page(status, &title, &message, retry.as_deref());
+            resp.headers_mut()
+                .append(http::header::SET_COOKIE, cookies::clear_login(&signin.cfg));
+            resp
+        }
+    };
+
+    // The state names a sign-in this gateway started and has not finished yet.
+    let pending: Option<PendingLogin> = match q.get("state") {
+        Some(s) => match b
+            .signin
+            .sessions
+            .take_once(LOGIN_KIND, &hashed(s), b.now)
+            .await
+        {
+            Ok(v) => v.and_then(|v| serde_json::from_slice(&v).ok()),
+            Err(e) => {
+                tracing::error!(error = %e, "sign-in state lookup failed");
+                None
+            }
+        },
+        None => None,
+    };
+    let Some(pending) = pending else {
+        return fail(
+            ev,
+            "unknown or reused state".into(),
+            StatusCode::BAD_REQUEST,
+            "This sign-in link is no longer valid",
+            "It has expired or was already used. Start again.",
+            Some(login_retry(super::DEFAULT_RETURN)),
+        )
+        .await;
+    };
+    let retry = Some(login_retry(&pending.return_to));
+    // ...and was started by this browser.
+    let bound =
+        cookies::get(&headers, cookies::login_cookie_name(&b.signin.cfg)).is_some_and(|c| {
+            subtle::ConstantTimeEq::ct_eq(hashed(c).as_bytes(), pending.binding_hash.as_bytes())
+                .into()
+        });
+    if !bound {
+        return fail(
+            ev,
+            "state not bound to this browser".into(),
+            StatusCode::BAD_REQUEST,
+            "This sign-in was started elsewhere",
+            "The sign-in did not start in this browser, or its cookie expired. Start again.",
+            retry,
+        )
+        .await;
+    }
+    if let Some(err) = q.get("error") {
+        let desc = q.get("error_description").cloned().unwrap_or_default();
+        let message = if err == "access_denied" {
+            "The identity provider did not sign you in (access denied).".to_owned()
+        } else {
+            format!("The identity provider reported an error: {}", clip(err, 64))
+        };
+        return fail(
+            ev,
+            format!("idp error {}: {}", clip(err, 64), clip(&desc, 200)),
+            StatusCode::FORBIDDEN,
+            "Sign-in did not complete",
+            &message,
+            retry,
+        )
+        .await;
+    }
+    let Some(code) = q.get("code") else {
+        return fail(
+            ev,
+            "no code".into(),
+            StatusCode::BAD_REQUEST,
+            "Sign-in did not complete",
+            "The identity provider sent no authorization code.",
+            retry,
+        )
+        .await;
+    };
+    let identity = match b.signin.oidc.finish(code, &pending, b.now).await {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(error = %e, "sign-in failed");
+            let (status, message) = match &e {
+                OidcError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "The sign-in service of your organisation cannot be reached right now."),
+                OidcError::Exchange(_) => (StatusCode::BAD_REQUEST, "The identity provider did not accept this sign-in (the code may have been used already)."),
+                _ => (StatusCode::BAD_REQUEST, "The identity provider's answer could not be verified, so you were not signed in."),
+            };
+            return fail(
+                ev,
+                e.to_string(),
+                status,
+                "Sign-in did not complete",
+                message,
+                retry,
+            )
+            .await;
+        }
+    };
+
+    let subject = b.gw.pseudonyms.subject(&identity.issuer, &identity.subject);
+    let user = match b
+        .gw
+        .store
+        .upsert_user(&UserRecord {
+            subject: subject.clone(),
+            issuer: identity.issuer.clone(),
+            idp_subject: identity.subject.clone(),
+            email: identity.email.clone(),
+            name: identity.name.clone(),
+            webauthn_id: uuid::Uuid::new_v4(),
+            created_at: b.now.unix_secs(),
+            last_login_at: b.now.unix_secs(),
+        })
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the user");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in is unavailable",
+                "Try again in a minute.",
+                retry.as_deref(),
+            );
+        }
+    };
+    // A new sign-in always gets a new session id; whatever session the browser had ends.
+    if let Some(old) = b.session(&headers).await {
+        let _ = b.signin.end(&old.session.key).await;
+    }
+    let ua = headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let signed_in = SignedInUser {
+        subject: subject.clone(),
+        issuer: identity.issuer.clone(),
+        idp_subject: identity.subject.clone(),
+        email: identity.email.clone(),
+        name: identity.name.clone(),
+        roles: identity.roles.clone(),
+        idp_amr: identity.amr.clone(),
+        webauthn_id: user.webauthn_id,
+    };
+    let (id, session) = match b.signin.create(signed_in, ua, &client_ip, b.now).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create a session");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in is unavailable",
+                "Try again in a minute.",
+                retry.as_deref(),
+            );
+        }
+    };
+    ev.outcome = "ok";
+    ev.actor = Some(identity.email.clone());
+    ev.actor_pseudonym = Some(subject);
+    ev.detail = serde_json::json!({
+        "client_ip": client_ip,
+        "issuer": identity.issuer,
+        "roles": identity.roles,
+        "amr": identity.amr,
+        "session": session.key.short(),
+    });
+    b.gw.audit.record(ev).await;
+
+    let next = if b.signin.cfg.webauthn.required {
+        error::mfa_location(&b.signin.cfg, &pending.return_to, false)
+    } else {
+        pending.return_to.clone()
+    };
+    let mut resp = error::redirect(&next);
+    resp.headers_mut().append(
+        http::header::SET_COOKIE,
+        cookies::session(&b.signin.cfg, id.cookie_value()),
+    );
+    resp.headers_mut().append(
+        http::header::SET_COOKIE,
+        cookies::clear_login(&b.signin.cfg),
+    );
+    resp
+}
+
+fn clip(s: &str, n: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(n).collect()
+}
+
+/// Ends the session server-side and clears the cookie. Needs the session's CSRF token and
+/// a same-origin request, so another site cannot sign people out.
+#[tracing::instrument(skip_all)]
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response<Body> {
+    let Some(b) = Browser::of(&state) else {
+        return super::not_configured();
+    };
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    if let Some(live) = b.session(&headers).await {
+        if let Err(resp) = b.check_write(&headers, &live, form.get("csrf").map(String::as_str)) {
+            return resp;
+        }
+        let _ = b.signin.end(&live.session.key).await;
+        let mut ev = AuditEvent::new("signout", "ok", b.now);
+        ev.actor = Some(live.session.user.email.clone());
+        ev.actor_pseudonym = Some(live.session.user.subject.clone());
+        ev.detail = serde_json::json!({ "session": live.session.key.short() });
+        b.gw.audit.record(ev).await;
+    }
+    let mut resp = ui::render(
+        StatusCode::OK,
+        "signin.html",
+        serde_json::json!({ "login_url": "/.twinward/login", "signed_out": true }),
+    );
+    resp.headers_mut().append(
+        http::header::SET_COOKIE,
+        cookies::clear_session(&b.signin.cfg),
+    );
+    resp
+}

@@ -1,0 +1,214 @@
+//! The browser side of the gateway: sign-in ([`auth`]), passkeys ([`passkey`]) and the
+//! portal ([`portal`]). Shared here: finding the session, the `Origin` and CSRF checks that
+//! every state-changing endpoint makes, and `return_to` validation (no open redirects).
+
+pub mod auth;
+pub mod passkey;
+pub mod portal;
+
+use super::error;
+use super::AppState;
+use crate::access::signin::{LiveSession, Signin};
+use crate::access::Gateway;
+use crate::clock::Timestamp;
+use axum::body::Body;
+use http::{HeaderMap, Response, StatusCode};
+use std::sync::Arc;
+
+/// Where a browser goes when no (valid) `return_to` is given.
+pub const DEFAULT_RETURN: &str = "/.twinward/";
+
+pub struct Browser {
+    pub gw: Arc<Gateway>,
+    pub signin: Arc<Signin>,
+    pub now: Timestamp,
+}
+
+impl Browser {
+    pub fn of(state: &AppState) -> Option<Browser> {
+        let signin = state.gateway.signin.clone()?;
+        Some(Browser {
+            now: state.gateway.now(),
+            gw: state.gateway.clone(),
+            signin,
+        })
+    }
+
+    /// The live session the request's cookie names, if any. A store failure is logged and
+    /// treated as no session, which sends the browser to sign in rather than to a loop.
+    pub async fn session(&self, headers: &HeaderMap) -> Option<LiveSession> {
+        let cookie = super::cookies::get(headers, self.signin.cfg.cookie_name)?;
+        match self.signin.session(cookie, self.now).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "session lookup failed");
+                None
+            }
+        }
+    }
+
+    /// The auth host's origin must be where a state-changing request comes from: `Origin`
+    /// when the browser sends it, else `Sec-Fetch-Site: same-origin`.
+    pub fn same_origin(&self, headers: &HeaderMap) -> bool {
+        match headers
+            .get(http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(o) => o == self.signin.cfg.origin(),
+            None => headers
+                .get("sec-fetch-site")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|s| s == "same-origin"),
+        }
+    }
+
+    /// Checks `Origin` and the session's CSRF token for a state-changing request.
+    #[allow(clippy::result_large_err)]
+    pub fn check_write(
+        &self,
+        headers: &HeaderMap,
+        session: &LiveSession,
+        presented: Option<&str>,
+    ) -> Result<(), Response<Body>> {
+        if !self.same_origin(headers) {
+            return Err(error::problem(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "this request did not come from the gateway's own pages",
+                None,
+                false,
+            ));
+        }
+        let presented =
+            presented.or_else(|| headers.get("x-csrf-token").and_then(|v| v.to_str().ok()));
+        let ok = presented.is_some_and(|p| {
+            subtle::ConstantTimeEq::ct_eq(p.as_bytes(), session.session.csrf.as_bytes()).into()
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(error::problem(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "the form has expired; reload the page and try again",
+                None,
+                false,
+            ))
+        }
+    }
+
+    /// A safe place to send the browser: `raw` resolved against the auth host, accepted
+    /// only if it lands on the auth host or a host a route names (same scheme). The
+    /// resolved URL is what the browser gets, never the raw text, so no two parsers can
+    /// disagree about where it points.
+    pub fn return_to(&self, raw: Option<&str>) -> String {
+        safe_return_to(&self.gw, &self.signin, raw).unwrap_or_else(|| DEFAULT_RETURN.to_owned())
+    }
+
+    pub fn me(&self, s: &LiveSession) -> serde_json::Value {
+        serde_json::json!({
+            "email": s.session.user.email,
+            "subject": s.session.user.subject,
+            "roles": s.session.user.roles,
+        })
+    }
+}
+
+pub fn safe_return_to(gw: &Gateway, signin: &Signin, raw: Option<&str>) -> Option<String> {
+    let raw = raw?;
+    if raw.is_empty()
+        || raw.len() > 2048
+        || raw
+            .chars()
+            .any(|c| c.is_control() || c == '\\' || c.is_whitespace())
+    {
+        return None;
+    }
+    let lower = raw.to_ascii_lowercase();
+    // Encoded slashes and backslashes have no business in a return address.
+    if lower.contains("%5c") || lower.contains("%2f%2f") || lower.starts_with("/%2f") {
+        return None;
+    }
+    let base = &signin.cfg.public_url;
+    let resolved = base.join(raw).ok()?;
+    if resolved.scheme() != base.scheme()
+        || !resolved.username().is_empty()
+        || resolved.password().is_some()
+    {
+        return None;
+    }
+    let host = resolved.host_str()?.to_ascii_lowercase();
+    let port = resolved.port_or_known_default();
+    let same_port = port == base.port_or_known_default();
+    let auth_host = base.host_str().map(str::to_ascii_lowercase);
+    let mut path = resolved.path().to_owned();
+    if let Some(q) = resolved.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    if Some(&host) == auth_host.as_ref() && same_port {
+        return Some(path);
+    }
+    let served = gw
+        .config
+        .routes
+        .iter()
+        .filter_map(|r| r.host.as_deref())
+        .any(|h| h.eq_ignore_ascii_case(&host));
+    (served && same_port).then(|| resolved.to_string())
+}
+
+/// A JSON problem for the browser's own fetch calls, optionally with where to step up.
+pub fn json_problem(
+    status: StatusCode,
+    title: &str,
+    detail: &str,
+    step_up_url: Option<&str>,
+) -> Response<Body> {
+    let mut v = serde_json::json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail});
+    if let (Some(u), Some(o)) = (step_up_url, v.as_object_mut()) {
+        o.insert("step_up_url".into(), u.into());
+    }
+    let mut resp = Response::new(Body::from(v.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/problem+json"),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+pub fn json_ok(v: serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Body::from(v.to_string()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// The calm error page for sign-in failures.
+pub fn error_page(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    retry_url: Option<&str>,
+) -> Response<Body> {
+    super::ui::render(
+        status,
+        "error.html",
+        serde_json::json!({"status": status.as_u16(), "title": title, "message": message, "retry_url": retry_url}),
+    )
+}
+
+pub fn not_configured() -> Response<Body> {
+    error::not_found(true)
+}
