@@ -13,6 +13,7 @@ pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod demo;
 pub mod http;
 pub mod identity;
 pub mod metrics;

@@ -48,6 +48,41 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Live browser sessions (asks the running gateway on its admin listener).
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// Try it: the gateway, a demo identity provider and a demo twin, on this computer only.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum SessionCmd {
+    /// List live sessions.
+    List(ConfigArg),
+    /// End sessions: one (by id or unique prefix), all of a user's, or all.
+    Revoke {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        /// Session id (or a unique prefix of it) as `session list` shows it.
+        #[arg(conflicts_with_all = ["user", "all"], required_unless_present_any = ["user", "all"])]
+        id: Option<String>,
+        /// Every session of this user (email or pseudonymous subject).
+        #[arg(long, conflicts_with = "all")]
+        user: Option<String>,
+        /// Every session.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where the demo keeps its config, database and keys (kept between runs).
+    #[arg(long, default_value = "twinward-demo")]
+    dir: PathBuf,
+    /// The gateway's port; the demo identity provider and twin take the next two.
+    #[arg(long, default_value_t = 8400)]
+    port: u16,
 }
 
 // Parsed once per run; the size difference between variants does not matter.
@@ -220,7 +255,186 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Token(t) => token(t),
         Command::Keys(k) => keys_cmd(k),
         Command::Audit(a) => audit(a),
+        Command::Session(c) => session(c),
+        Command::Demo(d) => demo(d),
     }
+}
+
+/// Calls the running gateway's admin listener with the admin token from its keys directory.
+fn admin_call(
+    cfg: &Config,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, Failure> {
+    let addr = cfg.server.admin_listen.ok_or_else(|| {
+        usage(anyhow!(
+            "server.admin_listen is not set; the session commands talk to it"
+        ))
+    })?;
+    let token_path = cfg
+        .credentials
+        .keys_dir
+        .join(twinward::access::startup::ADMIN_TOKEN_FILE);
+    let token = std::fs::read_to_string(&token_path)
+        .with_context(|| {
+            format!(
+                "reading {} (is the gateway running with this config?)",
+                token_path.display()
+            )
+        })
+        .map_err(runtime)?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    let url = format!(
+        "http://{}{path}",
+        std::net::SocketAddr::new(host.parse().map_err(runtime)?, addr.port())
+    );
+    let rt = runtime_for(None)?;
+    rt.block_on(async move {
+        let client = reqwest::Client::new();
+        let req = match body {
+            Some(b) => client.post(&url).json(&b),
+            None => client.get(&url),
+        };
+        let resp = req
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .with_context(|| {
+                format!("the gateway's admin listener at {url} does not answer (is it running?)")
+            })
+            .map_err(runtime)?;
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.map_err(runtime)?;
+        if !status.is_success() {
+            return Err(runtime(anyhow!(
+                "{status}: {}",
+                v["error"].as_str().unwrap_or("failed")
+            )));
+        }
+        Ok(v)
+    })
+}
+
+fn session(cmd: SessionCmd) -> Result<ExitCode, Failure> {
+    match cmd {
+        SessionCmd::List(a) => {
+            let cfg = load_config(&a.config)?;
+            let v = admin_call(&cfg, "/sessions", None)?;
+            let list = v["sessions"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{:<16}  {:<28}  {:<20}  {:<20}  {:<4}  ROLES",
+                "ID", "USER", "CREATED", "LAST SEEN", "MFA"
+            );
+            for s in &list {
+                println!(
+                    "{:<16}  {:<28}  {:<20}  {:<20}  {:<4}  {}",
+                    s["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .get(..16)
+                        .unwrap_or_default(),
+                    s["user"].as_str().unwrap_or_default(),
+                    s["created"].as_str().unwrap_or_default(),
+                    s["last_seen"].as_str().unwrap_or_default(),
+                    if s["mfa"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    s["roles"]
+                        .as_array()
+                        .map(|r| r
+                            .iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","))
+                        .unwrap_or_default(),
+                );
+            }
+            eprintln!("{} live session(s)", list.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCmd::Revoke { cfg, id, user, all } => {
+            let c = load_config(&cfg.config)?;
+            let body = match (id, user, all) {
+                (Some(id), _, _) => serde_json::json!({ "session": id }),
+                (None, Some(u), _) => serde_json::json!({ "user": u }),
+                (None, None, true) => serde_json::json!({ "all": true }),
+                _ => return Err(usage(anyhow!("give a session id, --user or --all"))),
+            };
+            let v = admin_call(&c, "/sessions/revoke", Some(body))?;
+            let n = v["revoked"].as_array().map_or(0, Vec::len);
+            println!("revoked {n} session(s)");
+            Ok(if n == 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn demo(args: DemoArgs) -> Result<ExitCode, Failure> {
+    use twinward::demo::{self, setup};
+    let ports = setup::DemoPorts::from_base(args.port);
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))
+        .map_err(runtime)?;
+    let dir = args.dir.canonicalize().map_err(runtime)?;
+    let (config_path, secret) = setup::prepare(&dir, ports).map_err(runtime)?;
+    let cfg = load_config(&config_path)?;
+    init_logging(&cfg);
+    let rt = runtime_for(None)?;
+    rt.block_on(async move {
+        let bind = |port: u16, what: &'static str| async move {
+            tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .with_context(|| format!("port {port} for the {what} is taken; pick other ports with --port"))
+                .map_err(runtime)
+        };
+        let idp = bind(ports.idp, "demo identity provider").await?;
+        let twin = bind(ports.twin, "demo twin").await?;
+        let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(SystemClock);
+        let client = demo::DemoClient {
+            client_id: setup::DEMO_CLIENT_ID.to_owned(),
+            client_secret: secret,
+            redirect_uri: format!("http://localhost:{}/.twinward/callback", ports.gateway),
+        };
+        let trust = demo::TwinTrust {
+            jwks_url: format!("http://127.0.0.1:{}/.well-known/jwks.json", ports.gateway),
+            issuer: cfg.credentials.issuer.clone(),
+        };
+        let c1 = clock.clone();
+        tokio::spawn(async move {
+            if let Err(e) = demo::serve_idp(idp, client, c1).await {
+                tracing::error!(error = %e, "demo identity provider stopped");
+            }
+        });
+        tokio::spawn(async move {
+            if let Err(e) = demo::serve_twin(twin, trust, clock).await {
+                tracing::error!(error = %e, "demo twin stopped");
+            }
+        });
+        let users = demo::demo_users()
+            .iter()
+            .map(|u| format!("    {:<8} {:<22} {}", u.id, u.groups.join(","), u.about))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let banner = format!(
+            "\n  twinward demo — everything runs on this computer only.\n\n  Open  http://localhost:{gw}/plant-7/  in a browser that supports passkeys.\n\n  The DEMO identity provider (http://localhost:{idp}) signs anyone in as one of:\n{users}\n  It is for trying twinward only; never use it in production.\n\n  Portal: http://localhost:{gw}/.twinward/    Files: {dir}\n  Stop with Ctrl-C.\n",
+            gw = ports.gateway,
+            idp = ports.idp,
+            dir = dir.display(),
+        );
+        twinward::server::run(cfg, shutdown_signal(), move |_| eprintln!("{banner}"))
+            .await
+            .map_err(runtime)
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {

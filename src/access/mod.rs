@@ -42,6 +42,8 @@ pub struct Gateway {
     pub sessions: Arc<dyn SessionStore>,
     /// Browser sign-in, when `[oidc]` is configured.
     pub signin: Option<Arc<Signin>>,
+    /// The bearer the admin listener's session API wants (see [`startup::ADMIN_TOKEN_FILE`]).
+    pub admin_token: String,
 }
 
 /// Who is asking, once authenticated.

@@ -47,6 +47,31 @@ pub enum StartError {
     Webauthn(#[from] crate::mfa::MfaError),
 }
 
+/// The admin listener's bearer token, written at every start inside the keys directory
+/// (mode 0600) for the local CLI (`twinward session …`); it changes on every restart.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+fn write_admin_token(dir: &Path) -> Result<String, StartError> {
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    let err = |m: String| StartError::PseudonymFile {
+        path: path.display().to_string(),
+        message: m,
+    };
+    let mut raw = [0u8; 32];
+    rand::fill(&mut raw);
+    let token = hex::encode(raw);
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| err(e.to_string()))?;
+    f.write_all(token.as_bytes())
+        .map_err(|e| err(e.to_string()))?;
+    Ok(token)
+}
+
 /// The generated pseudonym key's file name inside the keys directory.
 pub const PSEUDONYM_KEY_FILE: &str = "pseudonym.key";
 
@@ -139,7 +164,9 @@ impl Gateway {
                 )))
             }
         };
+        let admin_token = write_admin_token(&config.credentials.keys_dir)?;
         let gw = Gateway {
+            admin_token,
             sessions,
             signin,
             routes: RouteTable::new(&config.routes),

@@ -1,5 +1,7 @@
-//! The admin listener: liveness, readiness and Prometheus metrics. Bind it to a private
-//! address; it is never served on the public listener.
+//! The admin listener: liveness, readiness, Prometheus metrics, and the session API the
+//! local CLI uses (`twinward session list|revoke`, with the bearer from the keys
+//! directory's `admin.token`). Bind it to a private address; it is never served on the
+//! public listener.
 
 use crate::access::Gateway;
 use axum::extract::State;
@@ -14,7 +16,111 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/sessions", get(sessions))
+        .route("/sessions/revoke", axum::routing::post(revoke))
         .with_state(gw)
+}
+
+fn authorized(gw: &Gateway, headers: &http::HeaderMap) -> bool {
+    let presented = super::proxy::bearer(headers).unwrap_or_default();
+    !gw.admin_token.is_empty()
+        && subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), gw.admin_token.as_bytes()).into()
+}
+
+fn json(
+    status: StatusCode,
+    v: serde_json::Value,
+) -> (StatusCode, [(http::HeaderName, &'static str); 1], String) {
+    (status, [(CONTENT_TYPE, "application/json")], v.to_string())
+}
+
+fn session_json(s: &crate::session::Session) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.key.0,
+        "user": s.user.email,
+        "subject": s.user.subject,
+        "roles": s.user.roles,
+        "created": s.created.to_rfc3339(),
+        "last_seen": s.last_seen.to_rfc3339(),
+        "expires": s.expires.to_rfc3339(),
+        "mfa": s.mfa_at.is_some(),
+        "client_ip": s.client_ip,
+        "user_agent": s.user_agent,
+    })
+}
+
+async fn sessions(
+    State(gw): State<Arc<Gateway>>,
+    headers: http::HeaderMap,
+) -> impl axum::response::IntoResponse {
+    if !authorized(&gw, &headers) {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "admin token required"}),
+        );
+    }
+    let now = gw.now();
+    let idle = gw.config.session.idle_timeout;
+    match gw.sessions.list().await {
+        Ok(mut list) => {
+            list.retain(|s| s.is_live(now, idle));
+            list.sort_by_key(|s| s.created);
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "sessions": list.iter().map(session_json).collect::<Vec<_>>() }),
+            )
+        }
+        Err(e) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+/// Body: `{"session": "<id or unique prefix>"}`, `{"user": "<email or subject>"}` or `{"all": true}`.
+async fn revoke(
+    State(gw): State<Arc<Gateway>>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> impl axum::response::IntoResponse {
+    use crate::session::Selector;
+    if !authorized(&gw, &headers) {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "admin token required"}),
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let selector = if let Some(s) = v.get("session").and_then(|x| x.as_str()) {
+        Selector::Key(s.to_owned())
+    } else if let Some(u) = v.get("user").and_then(|x| x.as_str()) {
+        Selector::User(u.to_owned())
+    } else if v.get("all").and_then(|x| x.as_bool()) == Some(true) {
+        Selector::All
+    } else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "say which: {\"session\": id}, {\"user\": email}, or {\"all\": true}"}),
+        );
+    };
+    match gw.sessions.revoke(selector.clone()).await {
+        Ok(gone) => {
+            for s in &gone {
+                let mut ev = crate::audit::AuditEvent::new("session.revoke", "ok", gw.now());
+                ev.actor = Some("admin".to_owned());
+                ev.detail = serde_json::json!({ "session": s.key.short(), "user": s.user.email, "subject": s.user.subject, "by": "admin" });
+                gw.audit.record(ev).await;
+            }
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "revoked": gone.iter().map(session_json).collect::<Vec<_>>() }),
+            )
+        }
+        Err(e) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
 }
 
 /// Ready when a policy set is loaded and storage answers.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod idp;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -243,6 +245,14 @@ pub struct GatewayOptions {
     pub server_extra: String,
     /// Extra top-level TOML (other sections).
     pub extra: String,
+    /// The public port, when a test must know it before the gateway starts (an IdP's
+    /// redirect URI); a free port otherwise.
+    pub port: Option<u16>,
+    /// Policy files (name, Cedar text) that replace the shipped `*.cedar` files; the
+    /// shipped schema and entities stay.
+    pub policies: Option<Vec<(String, String)>>,
+    /// Files (path relative to the gateway's directory, content) written before it starts.
+    pub files: Vec<(String, String)>,
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
@@ -262,7 +272,26 @@ impl Gateway {
     pub fn start(opts: GatewayOptions) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&repo().join("policies"), &dir.path().join("policies"));
-        let port = free_port();
+        if let Some(policies) = &opts.policies {
+            let pdir = dir.path().join("policies");
+            for e in std::fs::read_dir(&pdir).unwrap() {
+                let path = e.unwrap().path();
+                if path.extension().is_some_and(|x| x == "cedar") {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+            for (name, text) in policies {
+                std::fs::write(pdir.join(name), text).unwrap();
+            }
+        }
+        for (name, content) in &opts.files {
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
+            std::fs::write(path, content).unwrap();
+        }
+        let port = opts.port.unwrap_or_else(free_port);
         let admin_port = free_port();
         let mut toml = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n{}\n\n[credentials]\nissuer = \"https://gw.test\"\nactivation_delay = \"0s\"\n\n{}\n",
