@@ -187,3 +187,102 @@ fn reserved_prefixes_are_refused() {
         .to_string()
         .contains("reserved"));
 }
+
+const SIGNIN: &str = r#"
+[server]
+public_url = "https://twins.example.com"
+
+[oidc]
+issuer = "https://idp.example.com/realms/corp"
+client_id = "twinward"
+client_secret_file = "/run/secrets/oidc_client_secret"
+scopes = ["openid", "email", "profile", "groups"]
+roles_claim = "groups"
+roles = { "twin-operators" = "twin-operator", "twin-viewers" = "twin-viewer", "contractors" = "contractor" }
+
+[webauthn]
+rp_id = "twins.example.com"
+rp_name = "Plant twins"
+required = true
+
+[session]
+store = "memory"
+idle_timeout = "30m"
+max_lifetime = "8h"
+"#;
+
+#[test]
+fn spec_signin_sections_parse_with_a_host_cookie() {
+    let c = parse_str(&format!("{SIGNIN}{ROUTE}")).unwrap();
+    let s = c.signin.unwrap();
+    assert_eq!(s.cookie_name, "__Host-twinward");
+    assert!(s.secure_cookies);
+    assert_eq!(
+        s.redirect_uri(),
+        "https://twins.example.com/.twinward/callback"
+    );
+    assert_eq!(s.origin(), "https://twins.example.com");
+    assert_eq!(
+        s.oidc.roles.get("twin-viewers").map(String::as_str),
+        Some("twin-viewer")
+    );
+    assert_eq!(c.session.idle_timeout, Duration::from_secs(1800));
+    assert_eq!(c.session.mfa_max_age, Duration::from_secs(300));
+}
+
+#[test]
+fn localhost_gets_the_plain_cookie_and_ips_cannot_be_rp_ids() {
+    let local = SIGNIN
+        .replace("https://twins.example.com", "http://localhost:8400")
+        .replace("rp_id = \"twins.example.com\"\n", "");
+    let c = parse_str(&format!("{local}{ROUTE}")).unwrap();
+    let s = c.signin.unwrap();
+    assert_eq!((s.cookie_name, s.secure_cookies), ("twinward", false));
+    assert_eq!(s.webauthn.rp_id, "localhost");
+
+    let ip = local.replace("http://localhost:8400", "http://127.0.0.1:8400");
+    let e = parse_str(&format!("{ip}{ROUTE}")).unwrap_err().to_string();
+    assert!(e.contains("passkeys need a domain name"), "{e}");
+}
+
+#[test]
+fn signin_problems_are_all_listed() {
+    let bad = SIGNIN
+        .replace(
+            "public_url = \"https://twins.example.com\"",
+            "public_url = \"http://twins.example.com\"",
+        )
+        .replace(
+            "https://idp.example.com/realms/corp",
+            "http://idp.example.com",
+        )
+        .replace("rp_id = \"twins.example.com\"", "rp_id = \"example.org\"")
+        .replace("store = \"memory\"", "store = \"redis://127.0.0.1:6379/0\"")
+        .replace(
+            "roles_claim = \"groups\"",
+            "roles_claim = \"groups\"\nprompt = \"login\"",
+        );
+    let e = parse_str(&format!("{bad}{ROUTE}")).unwrap_err().to_string();
+    for want in [
+        "server.public_url must be https",
+        "oidc.issuer \"http://idp.example.com\" must be an https URL",
+        "webauthn.rp_id \"example.org\" is neither the host",
+        "Redis sessions are not available",
+        "prompt",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    let no_url = SIGNIN.replace("public_url = \"https://twins.example.com\"", "");
+    let e = parse_str(&format!("{no_url}{ROUTE}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[oidc] needs server.public_url"), "{e}");
+    let no_roles = SIGNIN.replace(
+        "roles = { \"twin-operators\" = \"twin-operator\", \"twin-viewers\" = \"twin-viewer\", \"contractors\" = \"contractor\" }",
+        "",
+    );
+    let e = parse_str(&format!("{no_roles}{ROUTE}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("oidc.roles is empty"), "{e}");
+}
