@@ -5,6 +5,7 @@ mod browser_smoke;
 mod cli;
 mod common;
 mod credentials;
+mod demo;
 mod forward_auth;
 mod idp_smoke;
 mod paths;
