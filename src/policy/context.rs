@@ -141,6 +141,62 @@ impl RequestContext {
         }
     }
 
+    /// Appends the values at `paths` (attribute paths from `context`) to `out`, for the
+    /// decision memo. False when a path names nothing this type knows: then nothing may be
+    /// memoized.
+    pub fn render(&self, paths: &[Vec<String>], out: &mut String) -> bool {
+        use std::fmt::Write as _;
+        for p in paths {
+            let segs: Vec<&str> = p.iter().map(String::as_str).collect();
+            let (a, d, n, t, r) = (
+                &self.auth,
+                &self.device,
+                &self.network,
+                &self.time,
+                &self.request,
+            );
+            let _ = match segs.as_slice() {
+                ["auth", "method"] => write!(out, "{}", a.method.as_str()),
+                ["auth", "mfa"] => write!(out, "{}", a.mfa),
+                ["auth", "mfa_age_s"] => write!(out, "{}", a.mfa_age_s),
+                ["auth", "session_age_s"] => write!(out, "{}", a.session_age_s),
+                ["auth"] => write!(
+                    out,
+                    "{}|{}|{}|{}",
+                    a.method.as_str(),
+                    a.mfa,
+                    a.mfa_age_s,
+                    a.session_age_s
+                ),
+                ["device", "id"] => write!(out, "{:?}", d.id),
+                ["device", "managed"] => write!(out, "{}", d.managed),
+                ["device", "compliant"] => write!(out, "{}", d.compliant),
+                ["device", "os"] => write!(out, "{:?}", d.os),
+                ["device", "posture_age_s"] => write!(out, "{}", d.posture_age_s),
+                ["device"] => write!(
+                    out,
+                    "{:?}|{}|{}|{:?}|{}",
+                    d.id, d.managed, d.compliant, d.os, d.posture_age_s
+                ),
+                ["network", "ip"] => write!(out, "{}", n.ip),
+                ["network", "zone"] => write!(out, "{:?}", n.zone),
+                ["network", "country"] => write!(out, "{:?}", n.country),
+                ["network"] => write!(out, "{}|{:?}|{:?}", n.ip, n.zone, n.country),
+                ["time", "now"] => write!(out, "{}", t.now.unix_secs()),
+                ["time", "hour"] => write!(out, "{}", t.hour),
+                ["time", "weekday"] => write!(out, "{}", t.weekday),
+                ["time"] => write!(out, "{}|{}|{}", t.now.unix_secs(), t.hour, t.weekday),
+                ["request", "method"] => write!(out, "{:?}", r.method),
+                ["request", "path"] => write!(out, "{:?}", r.path),
+                ["request"] => write!(out, "{:?}|{:?}", r.method, r.path),
+                ["purpose"] => write!(out, "{:?}", self.purpose),
+                _ => return false,
+            };
+            out.push('\u{1f}');
+        }
+        true
+    }
+
     /// The Cedar context, built from already-evaluated values. The parts that change slowly
     /// (time per second, network per client address, auth and device per state) are cached
     /// per thread; only `request` and `purpose` are built for every request. Equal to

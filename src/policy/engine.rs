@@ -4,7 +4,7 @@
 
 use super::loader::{self, PolicyBundle};
 use super::slice::Scope;
-use super::{Action, PolicyError, PolicyProblem, PrincipalKind, RequestContext};
+use super::{memo, Action, PolicyError, PolicyProblem, PrincipalKind, RequestContext};
 use crate::config::{AttrValue, RouteConfig};
 use arc_swap::ArcSwap;
 use cedar_policy::{
@@ -147,6 +147,10 @@ pub struct Loaded {
     pub bundle: PolicyBundle,
     authorizer: Authorizer,
     scopes: Vec<(cedar_policy::Policy, Scope)>,
+    /// Per policy (same order as `scopes`): the context fields it reads.
+    context_paths: Vec<memo::ContextPaths>,
+    /// Unique per compiled set in this process (generations repeat across engines).
+    memo_id: u64,
     /// Entities every decision sees: roles, twins and their ancestors, actions.
     base_entities: Entities,
     twins: HashMap<String, TwinEntry>,
@@ -171,7 +175,14 @@ struct PrincipalView {
     entities: Arc<Entities>,
     uid: EntityUid,
     ancestors: HashSet<EntityUid>,
-    slices: RwLock<HashMap<(usize, Action), Arc<PolicySet>>>,
+    slices: RwLock<HashMap<(usize, Action), Arc<Slice>>>,
+}
+
+/// The policies that can apply to one principal, twin and action, and the context fields
+/// they read (for the decision memo).
+struct Slice {
+    set: PolicySet,
+    paths: memo::ContextPaths,
 }
 
 impl Loaded {
@@ -323,6 +334,10 @@ impl Loaded {
                 (pol.clone(), s)
             })
             .collect();
+        let context_paths = scopes
+            .iter()
+            .map(|(pol, _)| memo::context_paths(pol))
+            .collect();
         let roles = base_entities
             .iter()
             .filter(|e| e.uid().type_name().to_string() == "Twinward::Role")
@@ -333,6 +348,8 @@ impl Loaded {
             bundle,
             authorizer: Authorizer::new(),
             scopes,
+            context_paths,
+            memo_id: memo::next_id(),
             base_entities,
             twins: HashMap::new(),
             roles,
@@ -405,13 +422,33 @@ impl Loaded {
         twin: &str,
         ctx: &RequestContext,
     ) -> Decision {
-        match self.prepare(principal, twin, ctx) {
-            Ok((entry, view, context)) => {
-                let set = self.principal_slice(&view, principal.kind, entry, action);
-                self.evaluate(&view, action, entry.uid.clone(), context, &set)
-            }
-            Err(denied) => denied,
+        let Some(entry) = self.twins.get(twin) else {
+            return self.deny_with(format!("unknown twin {twin:?}"));
+        };
+        let view = match self.view_for(principal) {
+            Ok(v) => v,
+            Err(e) => return self.deny_with(e),
+        };
+        let slice = self.principal_slice(&view, principal.kind, entry, action);
+        let evaluate = || match ctx.to_cedar_fast() {
+            Ok(context) => self.evaluate(&view, action, entry.uid.clone(), context, &slice.set),
+            Err(e) => self.deny_with(format!("context: {e}")),
+        };
+        let Some(paths) = &slice.paths else {
+            return evaluate();
+        };
+        let mut rendered = String::new();
+        if !ctx.render(paths, &mut rendered) {
+            return evaluate();
         }
+        let key = memo::MemoKey {
+            policy_set: self.memo_id,
+            principal: principal.key.clone(),
+            twin: entry.index,
+            action,
+            context: rendered,
+        };
+        memo::decide(key, evaluate)
     }
 
     /// The twin, the principal's view and the Cedar context of a request, or the deny that
@@ -441,27 +478,34 @@ impl Loaded {
         kind: PrincipalKind,
         entry: &TwinEntry,
         action: Action,
-    ) -> Arc<PolicySet> {
+    ) -> Arc<Slice> {
         let key = (entry.index, action);
         if let Ok(slices) = view.slices.read() {
-            if let Some(set) = slices.get(&key) {
-                return set.clone();
+            if let Some(slice) = slices.get(&key) {
+                return slice.clone();
             }
         }
         let mut set = PolicySet::new();
+        let mut members = Vec::new();
         for i in &entry.members[Self::kind_index(kind)][action as usize] {
             if let Some((pol, scope)) = self.scopes.get(*i) {
                 if scope.may_apply_to_principal(&view.uid, &view.ancestors) {
                     // Ids are unique in the full set, so adding to a subset cannot collide.
                     let _ = set.add(pol.clone());
+                    members.push(*i);
                 }
             }
         }
-        let set = Arc::new(set);
+        let paths = memo::union(
+            members
+                .iter()
+                .map(|i| self.context_paths.get(*i).unwrap_or(&None)),
+        );
+        let slice = Arc::new(Slice { set, paths });
         if let Ok(mut slices) = view.slices.write() {
-            slices.insert(key, set.clone());
+            slices.insert(key, slice.clone());
         }
-        set
+        slice
     }
 
     /// Decides over the full, unsliced set: the reference `decide` must agree with.

@@ -10,6 +10,7 @@
 pub mod context;
 pub mod engine;
 pub mod loader;
+pub mod memo;
 pub mod reload;
 pub mod slice;
 pub mod testcases;
