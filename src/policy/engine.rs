@@ -422,6 +422,28 @@ impl Loaded {
         twin: &str,
         ctx: &RequestContext,
     ) -> Decision {
+        self.decide_sliced(principal, action, twin, ctx, true)
+    }
+
+    /// [`Self::decide`] without the memo: every call evaluates the slice (benchmarks).
+    pub fn decide_unmemoized(
+        &self,
+        principal: &Principal,
+        action: Action,
+        twin: &str,
+        ctx: &RequestContext,
+    ) -> Decision {
+        self.decide_sliced(principal, action, twin, ctx, false)
+    }
+
+    fn decide_sliced(
+        &self,
+        principal: &Principal,
+        action: Action,
+        twin: &str,
+        ctx: &RequestContext,
+        memoize: bool,
+    ) -> Decision {
         let Some(entry) = self.twins.get(twin) else {
             return self.deny_with(format!("unknown twin {twin:?}"));
         };
@@ -434,7 +456,7 @@ impl Loaded {
             Ok(context) => self.evaluate(&view, action, entry.uid.clone(), context, &slice.set),
             Err(e) => self.deny_with(format!("context: {e}")),
         };
-        let Some(paths) = &slice.paths else {
+        let Some(paths) = slice.paths.as_ref().filter(|_| memoize) else {
             return evaluate();
         };
         let mut rendered = String::new();
