@@ -107,7 +107,8 @@ impl Signin {
         Some(p)
     }
 
-    fn forget(&self, key: &SessionKey) {
+    /// Drops what is cached for a session (after it left the store).
+    pub fn forget(&self, key: &SessionKey) {
         self.principals
             .lock()
             .unwrap_or_else(|p| p.into_inner())

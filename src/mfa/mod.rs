@@ -1,6 +1,7 @@
 //! Passkeys (WebAuthn, via webauthn-rs) as the second factor. Ceremony state lives
 //! server-side in the session store: single use, bound to the session that started it, and
 //! gone after five minutes. User verification is always required (webauthn-rs passkeys).
+//! A passkey whose signature counter goes backwards (a copy of its key is in use) is locked.
 
 use crate::clock::Timestamp;
 use crate::config::signin::WebauthnConfig;
@@ -16,6 +17,13 @@ use webauthn_rs::prelude::{
 
 /// How long a started ceremony may take.
 pub const CEREMONY_TTL: Duration = Duration::from_secs(300);
+
+/// The stored signature counter of a passkey whose counter once went backwards: a copy of
+/// its private key may exist, so neither copy may sign in with it again (an administrator
+/// removes it, or the user does with another passkey). No authenticator counts this high,
+/// so the value cannot be reached by use.
+pub const LOCKED_SIGN_COUNT: u32 = u32::MAX;
+
 const CEREMONY_KIND: &str = "webauthn";
 
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +36,12 @@ pub enum MfaError {
     UntrustedAuthenticator(uuid::Uuid),
     #[error("the passkey's signature counter went backwards; it may have been cloned")]
     CounterRegression { passkey_id: String },
+    #[error("this passkey is locked because it may have been cloned; ask your administrator to reset it")]
+    Locked { passkey_id: String },
     #[error("you have no passkey yet")]
     NoPasskeys,
+    #[error("your passkeys are locked because one may have been cloned; ask your administrator to reset them")]
+    AllLocked,
     #[error("the response names a passkey that is not yours")]
     UnknownPasskey,
     #[error("storage: {0}")]
@@ -211,15 +223,17 @@ impl Passkeys {
         return_to: &str,
         now: Timestamp,
     ) -> Result<(String, serde_json::Value), MfaError> {
-        let keys: Vec<Passkey> = self
-            .store
-            .passkeys_of(&session.user.subject)
-            .await?
+        let records = self.store.passkeys_of(&session.user.subject).await?;
+        if records.is_empty() {
+            return Err(MfaError::NoPasskeys);
+        }
+        let keys: Vec<Passkey> = records
             .iter()
+            .filter(|p| !is_locked(p))
             .filter_map(|p| serde_json::from_str(&p.passkey).ok())
             .collect();
         if keys.is_empty() {
-            return Err(MfaError::NoPasskeys);
+            return Err(MfaError::AllLocked);
         }
         let (options, state) = self
             .webauthn
@@ -261,12 +275,21 @@ impl Passkeys {
             .iter_mut()
             .find(|p| p.credential_id == presented)
             .ok_or(MfaError::UnknownPasskey)?;
+        if is_locked(record) {
+            return Err(MfaError::Locked {
+                passkey_id: record.id.clone(),
+            });
+        }
         let result = match self.webauthn.finish_passkey_authentication(&cred, &state) {
             Ok(r) => r,
             Err(WebauthnError::CredentialPossibleCompromise) => {
+                // Two copies of the key are in use. Whichever signed last, the other would
+                // pass on its next try (its counter moves on too): lock the passkey for both.
+                record.sign_count = LOCKED_SIGN_COUNT;
+                self.store.update_passkey(record).await?;
                 return Err(MfaError::CounterRegression {
                     passkey_id: record.id.clone(),
-                })
+                });
             }
             Err(e) => return Err(MfaError::Rejected(e.to_string())),
         };
@@ -282,11 +305,16 @@ impl Passkeys {
         record.passkey =
             serde_json::to_string(&passkey).map_err(|e| MfaError::Setup(e.to_string()))?;
         record.backup_state = result.backup_state();
-        record.sign_count = result.counter();
+        record.sign_count = result.counter().min(LOCKED_SIGN_COUNT - 1);
         record.last_used_at = Some(now.unix_secs());
         self.store.update_passkey(record).await?;
         Ok((record.clone(), c.return_to, notes))
     }
+}
+
+/// Whether a passkey was locked after its counter went backwards.
+pub fn is_locked(p: &PasskeyRecord) -> bool {
+    p.sign_count == LOCKED_SIGN_COUNT
 }
 
 fn clean_name(name: &str) -> String {

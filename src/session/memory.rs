@@ -10,6 +10,9 @@ use std::sync::Mutex;
 /// One-time records by (kind, hashed id): value and expiry.
 type OnceMap = HashMap<(&'static str, String), (Vec<u8>, Timestamp)>;
 
+/// The most one-time records (sign-ins and passkey ceremonies in progress) kept at once.
+const ONCE_LIMIT: usize = 50_000;
+
 #[derive(Default)]
 pub struct MemoryStore {
     sessions: Mutex<HashMap<SessionKey, Session>>,
@@ -111,17 +114,25 @@ impl SessionStore for MemoryStore {
         now: Timestamp,
         expires: Timestamp,
     ) -> BoxFuture<'a, Result<(), SessionStoreError>> {
-        let r = self
-            .once
-            .lock()
-            .map(|mut m| {
-                // Bounded: expired records go whenever the map grows large.
-                if m.len() > 50_000 {
+        let r = match self.once.lock() {
+            Ok(mut m) => {
+                // Anyone can start a sign-in, so the map has a hard bound: expired records go
+                // when it is full, and while it is still full of live ones new records are
+                // refused (the caller answers 503) rather than memory growing without end.
+                if m.len() >= ONCE_LIMIT {
                     m.retain(|_, (_, exp)| *exp > now);
                 }
-                m.insert((kind, id.to_owned()), (value, expires));
-            })
-            .map_err(|_| poisoned());
+                if m.len() >= ONCE_LIMIT {
+                    Err(SessionStoreError::Unavailable(
+                        "too many sign-ins and passkey checks in progress".into(),
+                    ))
+                } else {
+                    m.insert((kind, id.to_owned()), (value, expires));
+                    Ok(())
+                }
+            }
+            Err(_) => Err(poisoned()),
+        };
         Box::pin(async move { r })
     }
 
@@ -202,6 +213,39 @@ mod tests {
             None
         );
         assert_eq!(s.take_once("login", "b", t).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn once_records_are_bounded() {
+        let s = MemoryStore::new();
+        let start = Timestamp::from_unix_secs(0);
+        let end = Timestamp::from_unix_secs(10);
+        for i in 0..ONCE_LIMIT {
+            s.put_once("login", &i.to_string(), Vec::new(), start, end)
+                .await
+                .unwrap();
+        }
+        // Full of live records: refused, nothing grows.
+        assert!(s
+            .put_once("login", "one-more", Vec::new(), start, end)
+            .await
+            .is_err());
+        assert_eq!(s.once.lock().unwrap().len(), ONCE_LIMIT);
+        // Once they have expired they make room.
+        s.put_once(
+            "login",
+            "later",
+            b"v".to_vec(),
+            end,
+            Timestamp::from_unix_secs(20),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.once.lock().unwrap().len(), 1);
+        assert_eq!(
+            s.take_once("login", "later", end).await.unwrap(),
+            Some(b"v".to_vec())
+        );
     }
 
     #[tokio::test]

@@ -12,5 +12,7 @@ mod paths;
 mod policy_reload;
 mod policy_slicing;
 mod proxy_auth;
+mod signin;
+mod signin_oidc;
 mod streaming;
 mod token_exchange;

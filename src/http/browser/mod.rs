@@ -115,7 +115,18 @@ impl Browser {
 }
 
 pub fn safe_return_to(gw: &Gateway, signin: &Signin, raw: Option<&str>) -> Option<String> {
-    let raw = raw?;
+    let route_hosts = gw.config.routes.iter().filter_map(|r| r.host.as_deref());
+    resolve_return_to(&signin.cfg.public_url, route_hosts, raw?)
+}
+
+/// `raw` resolved against the auth host `base`: its path (and query) when it lands on the
+/// auth host, the full URL when it lands on one of `route_hosts` (same scheme and port),
+/// else nothing.
+fn resolve_return_to<'a>(
+    base: &url::Url,
+    mut route_hosts: impl Iterator<Item = &'a str>,
+    raw: &str,
+) -> Option<String> {
     if raw.is_empty()
         || raw.len() > 2048
         || raw
@@ -129,7 +140,6 @@ pub fn safe_return_to(gw: &Gateway, signin: &Signin, raw: Option<&str>) -> Optio
     if lower.contains("%5c") || lower.contains("%2f%2f") || lower.starts_with("/%2f") {
         return None;
     }
-    let base = &signin.cfg.public_url;
     let resolved = base.join(raw).ok()?;
     if resolved.scheme() != base.scheme()
         || !resolved.username().is_empty()
@@ -149,12 +159,7 @@ pub fn safe_return_to(gw: &Gateway, signin: &Signin, raw: Option<&str>) -> Optio
     if Some(&host) == auth_host.as_ref() && same_port {
         return Some(path);
     }
-    let served = gw
-        .config
-        .routes
-        .iter()
-        .filter_map(|r| r.host.as_deref())
-        .any(|h| h.eq_ignore_ascii_case(&host));
+    let served = route_hosts.any(|h| h.eq_ignore_ascii_case(&host));
     (served && same_port).then(|| resolved.to_string())
 }
 
@@ -211,4 +216,71 @@ pub fn error_page(
 
 pub fn not_configured() -> Response<Body> {
     error::not_found(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_return_to;
+
+    fn resolve(raw: &str) -> Option<String> {
+        let base = url::Url::parse("http://localhost:8080").unwrap();
+        resolve_return_to(&base, ["twins-b.example"].into_iter(), raw)
+    }
+
+    #[test]
+    fn return_to_stays_on_the_gateway() {
+        let refused = [
+            "",
+            "//evil.example",
+            "/\\evil.example",
+            "\\/evil.example",
+            "https:evil.example",
+            "https://evil.example/",
+            "http://evil.example/",
+            "http:///evil.example",
+            "http://localhost:9090/",
+            "http://localhost/",
+            "http://127.0.0.1:8080/",
+            "/%2F%2Fevil.example",
+            "/%2f/evil.example",
+            "%2F%2Fevil.example",
+            "/%5Cevil.example",
+            "/%5cevil.example",
+            "javascript:alert(1)",
+            "JavaScript:alert(1)",
+            "data:text/html,x",
+            "//localhost@evil.example",
+            "//localhost:8080@evil.example",
+            "http://evil.example@localhost:8080/",
+            "http://u:p@localhost:8080/",
+            " //evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ok\r\nSet-Cookie: x=1",
+            "http://twins-b.example:9090/",
+            "https://twins-b.example/",
+        ];
+        for raw in refused {
+            assert_eq!(resolve(raw), None, "{raw:?}");
+        }
+        let long = format!("/{}", "a".repeat(2048));
+        assert_eq!(resolve(&long), None);
+
+        let kept = [
+            ("/ok/path?x=1", "/ok/path?x=1"),
+            ("/.twinward/", "/.twinward/"),
+            ("/plant-7/a/../b", "/plant-7/b"),
+            ("plant-7/x", "/plant-7/x"),
+            ("http:evil.example", "/evil.example"),
+            ("http://LOCALHOST:8080/x?y=1#frag", "/x?y=1"),
+            ("/%09/x", "/%09/x"),
+            (
+                "http://twins-b.example:8080/p?q=1",
+                "http://twins-b.example:8080/p?q=1",
+            ),
+        ];
+        for (raw, want) in kept {
+            assert_eq!(resolve(raw).as_deref(), Some(want), "{raw:?}");
+        }
+    }
 }

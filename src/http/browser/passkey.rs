@@ -5,6 +5,7 @@ use crate::access::signin::LiveSession;
 use crate::audit::AuditEvent;
 use crate::http::{cookies, error, ui, AppState};
 use crate::mfa::MfaError;
+use crate::session::Selector;
 use crate::storage::UserRecord;
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -125,6 +126,30 @@ async fn audit(
     b.gw.audit.record(ev).await;
 }
 
+/// A cloned passkey may already have been used to sign in: every session of its user ends.
+/// The passkey itself is locked (see [`crate::mfa::LOCKED_SIGN_COUNT`]).
+async fn end_sessions_of(b: &Browser, live: &LiveSession, passkey_id: &str) {
+    let subject = live.session.user.subject.clone();
+    match b.signin.sessions.revoke(Selector::User(subject)).await {
+        Ok(gone) => {
+            for s in gone {
+                b.signin.forget(&s.key);
+                audit(
+                    b,
+                    "session.revoke",
+                    "ok",
+                    live,
+                    serde_json::json!({
+                        "session": s.key.short(), "by": "counter_regression", "passkey": passkey_id,
+                    }),
+                )
+                .await;
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot end the sessions of a cloned passkey's user"),
+    }
+}
+
 /// After a passkey check: the session moves to a new id with the check's time, and the
 /// browser is told where to go.
 async fn finish_ok(b: &Browser, live: &LiveSession, return_to: &str) -> Response<Body> {
@@ -149,6 +174,28 @@ async fn finish_ok(b: &Browser, live: &LiveSession, return_to: &str) -> Response
     }
 }
 
+/// The first passkey is enrolled right after the IdP sign-in; any further one needs a
+/// recent check with a passkey the user already has.
+#[allow(clippy::result_large_err)]
+async fn may_add_passkey(b: &Browser, live: &LiveSession) -> Result<(), Response<Body>> {
+    let s = &live.session;
+    let existing = b
+        .signin
+        .passkeys
+        .passkeys_of(&s.user.subject)
+        .await
+        .map_err(|e| mfa_failure(&e))?;
+    if !existing.is_empty() && !s.mfa_fresh(b.now, b.signin.session_cfg.mfa_max_age) {
+        return Err(json_problem(
+            StatusCode::UNAUTHORIZED,
+            "Passkey check needed",
+            "adding a passkey needs a passkey check from the last few minutes",
+            Some(&error::mfa_location(&b.signin.cfg, "/.twinward/", true)),
+        ));
+    }
+    Ok(())
+}
+
 #[tracing::instrument(skip_all)]
 pub async fn register_start(
     State(state): State<AppState>,
@@ -163,21 +210,10 @@ pub async fn register_start(
         Err(r) => return r,
     };
     let return_to = b.return_to(str_field(&v, "return_to"));
-    let s = &live.session;
-    let existing = match b.signin.passkeys.passkeys_of(&s.user.subject).await {
-        Ok(p) => p,
-        Err(e) => return mfa_failure(&e),
-    };
-    // The first passkey is enrolled right after the IdP sign-in; any further one needs a
-    // recent check with a passkey the user already has.
-    if !existing.is_empty() && !s.mfa_fresh(b.now, b.signin.session_cfg.mfa_max_age) {
-        return json_problem(
-            StatusCode::UNAUTHORIZED,
-            "Passkey check needed",
-            "adding a passkey needs a passkey check from the last few minutes",
-            Some(&error::mfa_location(&b.signin.cfg, "/.twinward/", true)),
-        );
+    if let Err(r) = may_add_passkey(&b, &live).await {
+        return r;
     }
+    let s = &live.session;
     let user = UserRecord {
         subject: s.user.subject.clone(),
         issuer: s.user.issuer.clone(),
@@ -218,6 +254,20 @@ pub async fn register_finish(
         Ok(x) => x,
         Err(r) => return r,
     };
+    // The rule of `register_start` holds when the passkey is stored, not only when the
+    // ceremony began: a first passkey enrolled in the meantime (perhaps by the real user in
+    // another browser) means this one needs a recent check with it.
+    if let Err(r) = may_add_passkey(&b, &live).await {
+        audit(
+            &b,
+            "mfa.enroll",
+            "fail",
+            &live,
+            serde_json::json!({ "reason": "a passkey was enrolled since this ceremony began; a passkey check is needed" }),
+        )
+        .await;
+        return r;
+    }
     let ceremony = str_field(&v, "ceremony").unwrap_or_default();
     let credential = v.get("credential").cloned().unwrap_or_default();
     match b
@@ -328,12 +378,17 @@ pub async fn authenticate_finish(
                 _ => "mfa.verify",
             };
             let mut detail = serde_json::json!({ "reason": e.to_string() });
-            if let (MfaError::CounterRegression { passkey_id }, Some(d)) =
-                (&e, detail.as_object_mut())
+            if let (
+                MfaError::CounterRegression { passkey_id } | MfaError::Locked { passkey_id },
+                Some(d),
+            ) = (&e, detail.as_object_mut())
             {
                 d.insert("passkey".into(), passkey_id.clone().into());
             }
             audit(&b, kind, "fail", &live, detail).await;
+            if let MfaError::CounterRegression { passkey_id } = &e {
+                end_sessions_of(&b, &live, passkey_id).await;
+            }
             mfa_failure(&e)
         }
     }

@@ -99,6 +99,7 @@ async fn portal_page(
             "passkeys": passkeys.iter().map(|p| serde_json::json!({
                 "id": p.id, "name": p.name, "created": at(p.created_at),
                 "last_used": p.last_used_at.map(at), "aaguid": p.aaguid.to_string(),
+                "locked": crate::mfa::is_locked(p),
             })).collect::<Vec<_>>(),
             "tokens": tokens.iter().filter(|t| t.revoked_at.is_none() && t.expires_at > b.now.unix_secs()).map(token_json).collect::<Vec<_>>(),
             "sessions": sessions.iter().filter(|o| o.user.subject == s.user.subject && o.is_live(b.now, idle)).map(|o| serde_json::json!({

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod idp;
+pub mod signin;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
