@@ -238,18 +238,18 @@ impl Gateway {
             generation: decision.generation,
             not_after,
         };
-        // The credential's scope lists every action policy allows here now; computed only
-        // when a credential is minted.
-        let scope = || {
-            Action::ALL
-                .iter()
-                .filter(|a| **a != Action::Admin)
-                .filter(|a| **a == action || loaded.decide(principal, **a, &route.twin, &ctx).allow)
-                .map(|a| a.name())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let (credential, minted) = match self.minter.get_or_mint(&creq, action.name(), now, scope) {
+        // The credential's scope lists every action policy allows here now. Computed for
+        // every request (the decisions are memoized), so a cached credential is reused only
+        // while its scope is still exactly true: when a passkey check ages out, the next
+        // request gets a credential without `write`.
+        let scope = Action::ALL
+            .iter()
+            .filter(|a| **a != Action::Admin)
+            .filter(|a| **a == action || loaded.decide(principal, **a, &route.twin, &ctx).allow)
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (credential, minted) = match self.minter.get_or_mint(&creq, &scope, now) {
             Ok(c) => c,
             Err(e) => {
                 let e: MintError = e;

@@ -292,6 +292,14 @@ impl Validator<'_> {
             None => origins.push(public_url.clone()),
         }
         let mut trusted_aaguids = Vec::new();
+        if let Some(first) = raw.trusted_aaguids.first() {
+            // Without attestation (passkeys register with "none") an authenticator names its
+            // own AAGUID, so a list here would look like a control and be none.
+            self.problem_at(
+                Some(first.span().start),
+                "webauthn.trusted_aaguids needs verified attestation, which this version does not do (an authenticator could claim any AAGUID); remove it",
+            );
+        }
         for a in raw.trusted_aaguids {
             match uuid::Uuid::parse_str(a.get_ref()) {
                 Ok(u) => trusted_aaguids.push(u),

@@ -259,6 +259,10 @@ fn signin_problems_are_all_listed() {
         .replace("rp_id = \"twins.example.com\"", "rp_id = \"example.org\"")
         .replace("store = \"memory\"", "store = \"redis://127.0.0.1:6379/0\"")
         .replace(
+            "required = true",
+            "required = true\ntrusted_aaguids = [\"ee882879-721c-4913-9775-3dfcce97072a\"]",
+        )
+        .replace(
             "roles_claim = \"groups\"",
             "roles_claim = \"groups\"\nprompt = \"login\"",
         );
@@ -268,6 +272,7 @@ fn signin_problems_are_all_listed() {
         "oidc.issuer \"http://idp.example.com\" must be an https URL",
         "webauthn.rp_id \"example.org\" is neither the host",
         "Redis sessions are not available",
+        "trusted_aaguids needs verified attestation",
         "prompt",
     ] {
         assert!(e.contains(want), "missing {want:?} in:\n{e}");

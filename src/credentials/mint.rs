@@ -113,14 +113,13 @@ impl Minter {
         self.keys.store(Arc::new(ring));
     }
 
-    /// A reusable credential that covers `needed`, or a new one whose scope `scope()` computes.
-    /// Returns whether a new one was minted.
+    /// The cached credential when its scope is exactly `scope` and more than a fifth of its
+    /// lifetime is left, else a new one. Returns whether a new one was minted.
     pub fn get_or_mint(
         &self,
         req: &CredentialRequest<'_>,
-        needed: &str,
+        scope: &str,
         now: Timestamp,
-        scope: impl FnOnce() -> String,
     ) -> Result<(Arc<Credential>, bool), MintError> {
         let key = CacheKey {
             principal: req.cache_key.to_owned(),
@@ -131,12 +130,12 @@ impl Minter {
         if let Ok(map) = shard.lock() {
             if let Some(c) = map.get(&key) {
                 let lifetime = c.expires_at.saturating_since(c.issued_at);
-                if c.expires_in(now) > lifetime / 5 && c.scope.split(' ').any(|s| s == needed) {
+                if c.expires_in(now) > lifetime / 5 && c.scope == scope {
                     return Ok((c.clone(), false));
                 }
             }
         }
-        let cred = Arc::new(self.mint(req, &scope(), now)?);
+        let cred = Arc::new(self.mint(req, scope, now)?);
         if let Ok(mut map) = shard.lock() {
             if map.len() >= MAX_ENTRIES_PER_SHARD {
                 map.retain(|_, c| c.expires_at > now);
@@ -279,16 +278,13 @@ mod tests {
         let (_d, m) = minter(SigningAlgorithm::EdDsa);
         let roles = vec![];
         let t0 = Timestamp::from_unix_secs(10_000);
-        let (a, minted) = m
-            .get_or_mint(&req(&roles), "read", t0, || "read".into())
-            .unwrap();
+        let (a, minted) = m.get_or_mint(&req(&roles), "read", t0).unwrap();
         assert!(minted);
         let (b, minted) = m
             .get_or_mint(
                 &req(&roles),
                 "read",
                 t0.saturating_add(Duration::from_secs(239)),
-                || "read".into(),
             )
             .unwrap();
         assert!(!minted);
@@ -298,30 +294,33 @@ mod tests {
                 &req(&roles),
                 "read",
                 t0.saturating_add(Duration::from_secs(241)),
-                || "read".into(),
             )
             .unwrap();
         assert!(minted);
         assert_ne!(a.jti, c.jti);
-        // An action outside the cached scope, or a new policy generation, mints anew.
+        // A scope that changed either way (an action added, or one policy no longer allows),
+        // or a new policy generation, mints anew.
         let (_, minted) = m
             .get_or_mint(
                 &req(&roles),
-                "write",
+                "read write",
                 t0.saturating_add(Duration::from_secs(242)),
-                || "read write".into(),
             )
             .unwrap();
         assert!(minted);
+        let (d, minted) = m
+            .get_or_mint(
+                &req(&roles),
+                "read",
+                t0.saturating_add(Duration::from_secs(242)),
+            )
+            .unwrap();
+        assert!(minted);
+        assert_eq!(d.scope, "read");
         let mut r = req(&roles);
         r.generation = 2;
         let (_, minted) = m
-            .get_or_mint(
-                &r,
-                "read",
-                t0.saturating_add(Duration::from_secs(243)),
-                || "read".into(),
-            )
+            .get_or_mint(&r, "read", t0.saturating_add(Duration::from_secs(243)))
             .unwrap();
         assert!(minted);
     }

@@ -399,6 +399,16 @@ async fn step_up_for_writes_and_fresh_reads_then_a_portal_token_for_a_tool() {
     assert_eq!(event["outcome"], "step_up");
     let r = page_fetch(&page, "GET", "/plant-7/level", "application/json").await;
     assert_eq!(r["status"], 200, "{r}");
+    // The credential of that read says what policy allows now: no longer `write`.
+    let assertion = env
+        .up
+        .last()
+        .unwrap()
+        .header("x-twinward-assertion")
+        .unwrap()
+        .to_owned();
+    let (_, claims) = jwt_parts(&assertion);
+    assert_eq!(claims["scope"], "read", "{claims}");
 
     // A read policy wants fresh: the browser is sent to the passkey and back.
     let seen = env.up.count();
