@@ -247,10 +247,18 @@ impl Store for SqliteStore {
                 let mut rows = Vec::with_capacity(chunk.len());
                 for e in chunk {
                     seq += 1;
-                    let hash = hash_event(&prev, seq, e);
-                    rows.push((seq, e, std::mem::replace(&mut prev, hash.clone()), hash));
+                    // The detail is written as JSON once, and that text is both hashed and stored.
+                    let detail = e.detail_json();
+                    let hash = hash_event(&prev, seq, &e.prepared(&detail));
+                    rows.push((
+                        seq,
+                        e,
+                        detail,
+                        std::mem::replace(&mut prev, hash.clone()),
+                        hash,
+                    ));
                 }
-                qb.push_values(rows, |mut b, (seq, e, prev_hash, hash)| {
+                qb.push_values(rows, |mut b, (seq, e, detail, prev_hash, hash)| {
                     b.push_bind(seq)
                         .push_bind(e.event_id.clone())
                         .push_bind(e.at_ms)
@@ -263,7 +271,7 @@ impl Store for SqliteStore {
                         .push_bind(
                             serde_json::to_string(&e.policies).unwrap_or_else(|_| "[]".into()),
                         )
-                        .push_bind(e.detail.to_string())
+                        .push_bind(String::from(Box::<str>::from(detail)))
                         .push_bind(prev_hash)
                         .push_bind(hash);
                 });
