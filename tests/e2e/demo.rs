@@ -226,3 +226,47 @@ fn demo_signs_a_user_in_and_the_session_commands_see_and_end_the_session() {
     );
     assert!(audit.contains("\"kind\":\"session.revoke\""), "{audit}");
 }
+
+/// What the README tells a new user to do, in a real browser: open the twin, sign in as
+/// Olivia at the demo provider, create a passkey, and see the twin page show the
+/// pseudonymous subject the gateway gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_in_a_browser_from_twin_link_to_twin_page_with_a_passkey() {
+    use crate::common::browser::{AuthenticatorOptions, Browser};
+    let demo = crate::common::sync(start);
+    let base = format!("http://localhost:{}", demo.base);
+    let browser = Browser::launch().await;
+    let page = browser.new_page().await;
+    page.add_virtual_authenticator(AuthenticatorOptions::default())
+        .await;
+    let wait = Duration::from_secs(20);
+
+    page.goto(&format!("{base}/plant-7/")).await;
+    page.wait_for_url(
+        &format!("http://localhost:{}/authorize", demo.base + 1),
+        wait,
+    )
+    .await;
+    assert!(page.text().await.contains("Never use it in production"));
+    page.click("button[name=user][value=olivia]").await;
+    page.wait_for_url(&format!("{base}/.twinward/mfa"), wait)
+        .await;
+    page.fill("#passkey-name", "demo laptop").await;
+    page.click("#passkey-go").await;
+    let landed = page
+        .wait_for_url_matching(|u| !u.contains("/.twinward/"), wait)
+        .await;
+    assert_eq!(landed, format!("{base}/plant-7/"));
+
+    // The twin shows the subject from its credential: the gateway's pseudonym, not Olivia.
+    let text = page.text().await;
+    page.goto(&format!("{base}/.twinward/api/me")).await;
+    let me: serde_json::Value = serde_json::from_str(&page.text().await).unwrap();
+    let subject = me["subject"].as_str().unwrap().to_owned();
+    assert!(
+        text.contains(&subject),
+        "twin page does not show {subject}:\n{text}"
+    );
+    assert!(!text.contains("olivia@example.com"), "{text}");
+    assert_eq!(me["roles"], serde_json::json!(["twin-operator"]));
+}

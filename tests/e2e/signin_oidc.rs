@@ -430,3 +430,57 @@ async fn sessions_end_after_the_idle_timeout_and_at_their_absolute_end() {
             .starts_with(&env.url("/.twinward/login?")));
     });
 }
+
+/// With the IdP down the gateway still starts and serves tools; a browser that tries to
+/// sign in gets a calm 502 page with a retry link, never a 500 or a stack trace, and sign-in
+/// works without a restart once the IdP answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_idp_is_a_clear_page_and_tools_keep_working() {
+    use crate::common::{free_port, raw, Gateway, GatewayOptions, RouteSpec, Upstream};
+    let up = Upstream::start().await;
+    let port = free_port();
+    let dead_idp = free_port();
+    let gw = sync(|| {
+        Gateway::start(GatewayOptions {
+            routes: vec![RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2)],
+            server_extra: format!("public_url = \"http://localhost:{port}\""),
+            extra: format!(
+                "[oidc]\nissuer = \"http://localhost:{dead_idp}\"\nclient_id = \"twinward\"\nclient_secret_file = \"secret\"\nroles = {{ \"twin-viewers\" = \"twin-viewer\" }}\n"
+            ),
+            port: Some(port),
+            policies: None,
+            files: vec![("secret".into(), "s3cret".into())],
+        })
+    });
+    let r = sync(|| {
+        raw(
+            gw.addr,
+            &format!("GET /.twinward/login?return_to=%2Fplant-7%2F HTTP/1.1\r\nHost: localhost:{port}\r\nAccept: text/html\r\nConnection: close\r\n\r\n"),
+        )
+        .unwrap()
+    });
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("Sign-in is unavailable"), "{}", r.body);
+    assert!(
+        r.body.contains("login?return_to=%2Fplant%2D7%2F") && r.body.contains("Try again"),
+        "no retry link: {}",
+        r.body
+    );
+    assert!(
+        !r.body.contains("panicked") && !r.body.contains("error sending request"),
+        "{}",
+        r.body
+    );
+    assert!(r.header("set-cookie").is_none(), "no half-started sign-in");
+
+    // Tools are unaffected.
+    let token = sync(|| gw.token("sim", &["sim-runner"], &[], "1d"));
+    let r = sync(|| {
+        raw(
+            gw.addr,
+            &format!("GET /plant-7/x HTTP/1.1\r\nHost: localhost:{port}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+        )
+        .unwrap()
+    });
+    assert_eq!(r.status, 200, "{r:?}");
+}
