@@ -949,3 +949,57 @@ async fn an_enrollment_started_before_the_first_passkey_cannot_finish_after_it()
         .count();
     assert_eq!(passkeys, 1);
 }
+
+/// A passkey that becomes synced (its backup state flips) still signs in: webauthn-rs
+/// accepts it, the stored state follows, and the change is in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_state_change_is_accepted_recorded_and_audited() {
+    let env = SigninEnv::start().await;
+    let browser = Browser::launch().await;
+    let page = browser.new_page().await;
+    page.cdp("WebAuthn.enable", json!({ "enableUI": false }))
+        .await;
+    let auth = page
+        .cdp(
+            "WebAuthn.addVirtualAuthenticator",
+            json!({ "options": {
+                "protocol": "ctap2", "transport": "internal", "hasResidentKey": true,
+                "hasUserVerification": true, "isUserVerified": true,
+                "automaticPresenceSimulation": true,
+                "defaultBackupEligibility": true, "defaultBackupState": false,
+            }}),
+        )
+        .await["authenticatorId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    first_sign_in(&page, &env, "bob", "/plant-7/").await;
+    let enrolled = env.audit_until("mfa.enroll", 1);
+    assert_eq!(enrolled[0]["detail"]["backup_eligible"], true);
+
+    let creds = page
+        .cdp(
+            "WebAuthn.getCredentials",
+            json!({ "authenticatorId": auth }),
+        )
+        .await;
+    let id = creds["credentials"][0]["credentialId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    page.cdp(
+        "WebAuthn.setCredentialProperties",
+        json!({ "authenticatorId": auth, "credentialId": id, "backupEligibility": true, "backupState": true }),
+    )
+    .await;
+
+    page.goto(&env.url("/.twinward/mfa?return_to=%2Fplant-7%2F"))
+        .await;
+    assert_eq!(mfa_mode(&page).await, "stepup");
+    let landed = press_passkey(&page, &env).await;
+    assert_eq!(landed, env.url("/plant-7/"));
+    let changed = env.audit_until("mfa.backup_state", 1);
+    assert_eq!(changed[0]["detail"]["backup_state_before"], false);
+    assert_eq!(changed[0]["detail"]["backup_state"], true);
+    assert_eq!(changed[0]["actor"], "bob@example.com");
+}
