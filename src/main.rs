@@ -48,11 +48,31 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Users' passkeys: list them, or remove one (e.g. a passkey locked after a cloning signal).
+    #[command(subcommand)]
+    Passkey(PasskeyCmd),
     /// Live browser sessions (asks the running gateway on its admin listener).
     #[command(subcommand)]
     Session(SessionCmd),
     /// Try it: the gateway, a demo identity provider and a demo twin, on this computer only.
     Demo(DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum PasskeyCmd {
+    /// List passkeys (all, or one user's by e-mail or subject).
+    List {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Remove a passkey by id; its user enrolls a new one at the next sign-in if it was their last.
+    Remove {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -256,6 +276,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Keys(k) => keys_cmd(k),
         Command::Audit(a) => audit(a),
         Command::Session(c) => session(c),
+        Command::Passkey(c) => passkey(c),
         Command::Demo(d) => demo(d),
     }
 }
@@ -316,6 +337,62 @@ fn admin_call(
             )));
         }
         Ok(v)
+    })
+}
+
+fn passkey(cmd: PasskeyCmd) -> Result<ExitCode, Failure> {
+    let (PasskeyCmd::List { cfg, .. } | PasskeyCmd::Remove { cfg, .. }) = &cmd;
+    let cfg = load_config(&cfg.config)?;
+    let rt = runtime_for(None)?;
+    rt.block_on(async move {
+        let store = twinward::storage::open(&cfg.storage.url)
+            .await
+            .map_err(runtime)?;
+        match cmd {
+            PasskeyCmd::List { user, .. } => {
+                let list = store
+                    .list_passkeys(user.as_deref())
+                    .await
+                    .map_err(runtime)?;
+                println!(
+                    "{:<36}  {:<28}  {:<20}  {:<20}  {:<36}  STATUS",
+                    "ID", "USER", "NAME", "CREATED", "AAGUID"
+                );
+                for (p, email) in &list {
+                    let status = if p.sign_count == twinward::mfa::LOCKED_SIGN_COUNT {
+                        "locked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<36}  {:<28}  {:<20}  {:<20}  {:<36}  {status}",
+                        p.id,
+                        email,
+                        p.name,
+                        twinward::clock::Timestamp::from_unix_secs(p.created_at).to_rfc3339(),
+                        p.aaguid
+                    );
+                }
+                eprintln!("{} passkey(s)", list.len());
+                Ok(ExitCode::SUCCESS)
+            }
+            PasskeyCmd::Remove { id, .. } => {
+                match store.remove_passkey(&id).await.map_err(runtime)? {
+                    Some(p) => {
+                        let mut ev =
+                            twinward::audit::AuditEvent::new("mfa.remove", "ok", SystemClock.now());
+                        ev.actor = Some(default_owner());
+                        ev.actor_pseudonym = Some(p.user_subject.clone());
+                        ev.detail =
+                            serde_json::json!({ "passkey": p.id, "name": p.name, "by": "admin" });
+                        store.append_audit(vec![ev]).await.map_err(runtime)?;
+                        println!("removed passkey {} ({})", p.id, p.name);
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    None => Err(usage(anyhow!("no passkey with id {id:?}"))),
+                }
+            }
+        }
     })
 }
 

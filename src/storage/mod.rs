@@ -122,6 +122,16 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         subject: &'a str,
     ) -> BoxFuture<'a, Result<Vec<TokenRecord>, StorageError>>;
+    /// Every passkey with its user's e-mail, optionally of one user (e-mail or subject).
+    fn list_passkeys<'a>(
+        &'a self,
+        user: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<(PasskeyRecord, String)>, StorageError>>;
+    /// Deletes a passkey by id (an administrator's reset); returns what was deleted.
+    fn remove_passkey<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PasskeyRecord>, StorageError>>;
 }
 
 /// Opens the store a URL names, applying migrations.

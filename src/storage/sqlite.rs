@@ -399,6 +399,47 @@ impl Store for SqliteStore {
         })
     }
 
+    fn list_passkeys<'a>(
+        &'a self,
+        user: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<(PasskeyRecord, String)>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT p.*, u.email AS user_email FROM passkeys p JOIN users u ON u.subject = p.user_subject \
+                 WHERE ?1 IS NULL OR u.email = ?1 OR u.subject = ?1 ORDER BY u.email, p.created_at, p.id",
+            )
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((passkey_from_row(r)?, r.try_get("user_email")?)))
+                .collect()
+        })
+    }
+
+    fn remove_passkey<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PasskeyRecord>, StorageError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let row = sqlx::query("SELECT * FROM passkeys WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let rec = passkey_from_row(&row)?;
+            sqlx::query("DELETE FROM passkeys WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(rec))
+        })
+    }
+
     fn tokens_of_user<'a>(
         &'a self,
         subject: &'a str,

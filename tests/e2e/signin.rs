@@ -887,6 +887,38 @@ async fn a_cloned_passkey_is_locked_for_both_copies_and_the_users_sessions_end()
     assert!(revoked
         .iter()
         .all(|e| e["detail"]["by"] == "counter_regression"));
+
+    // An administrator sees the locked passkey and removes it; alice enrolls anew at her
+    // next sign-in.
+    let out = sync(|| {
+        env.gw
+            .cli(&["passkey", "list", "--user", "alice@example.com"])
+    });
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = listed
+        .lines()
+        .find(|l| l.contains("alice@example.com"))
+        .unwrap();
+    assert!(line.trim_end().ends_with("locked"), "{listed}");
+    let id = line.split_whitespace().next().unwrap().to_owned();
+    let out = sync(|| env.gw.cli(&["passkey", "remove", &id]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.audit_until("mfa.remove", 1)[0]["detail"]["by"], "admin");
+    let fresh = browser.new_page().await;
+    fresh
+        .add_virtual_authenticator(AuthenticatorOptions::default())
+        .await;
+    let (landed, _) = first_sign_in(&fresh, &env, "alice", "/plant-7/").await;
+    assert_eq!(landed, env.url("/plant-7/"));
 }
 
 /// Holds `navigator.credentials.create` until the test sets `window.releaseCreate`.
