@@ -1035,3 +1035,105 @@ async fn a_backup_state_change_is_accepted_recorded_and_audited() {
     assert_eq!(changed[0]["detail"]["backup_state"], true);
     assert_eq!(changed[0]["actor"], "bob@example.com");
 }
+
+/// The ids of the passkey remove forms on the portal, by passkey name.
+async fn passkey_forms(page: &Page) -> Vec<(String, String)> {
+    let v = page
+        .eval(
+            "[...document.querySelectorAll(\"form[action*='/portal/passkeys/']\")].map(f => [f.closest('tr').querySelector('th').textContent.trim(), f.getAttribute('action')])",
+        )
+        .await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_owned(),
+                p[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Several passkeys per user: a second one is added from the portal, removing one needs a
+/// passkey check within `session.mfa_max_age` (else the browser steps up first), and the
+/// last one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passkeys_are_added_and_removed_from_the_portal_with_a_fresh_check() {
+    let env = SigninEnv::start_with_session(
+        "idle_timeout = \"30m\"\nmax_lifetime = \"8h\"\nmfa_max_age = \"3s\"",
+    )
+    .await;
+    let browser = Browser::launch().await;
+    let page = browser.new_page().await;
+    // The portal's remove forms ask for confirmation; accept it.
+    page.add_init_script("window.confirm = () => true").await;
+    let laptop = page
+        .add_virtual_authenticator(AuthenticatorOptions::default())
+        .await;
+    first_sign_in(&page, &env, "bob", "/plant-7/").await;
+
+    // A second authenticator (the first one already holds bob's passkey for this site).
+    page.remove_virtual_authenticator(&laptop).await;
+    page.add_virtual_authenticator(AuthenticatorOptions::default())
+        .await;
+    page.goto(&env.url("/.twinward/")).await;
+    page.fill("#passkey-name", "security-key").await;
+    page.click("#passkey-add").await;
+    page.wait_for(
+        "document.querySelectorAll(\"form[action*='/portal/passkeys/']\").length === 2",
+        WAIT,
+    )
+    .await;
+    let forms = passkey_forms(&page).await;
+    assert_eq!(forms.len(), 2, "{forms:?}");
+    assert_eq!(env.audit_until("mfa.enroll", 2).len(), 2);
+
+    // Once the check is older than mfa_max_age, removing sends the browser to step up, and
+    // back to the portal where the removal is done.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while me(&page).await["mfa_age_s"].as_u64().unwrap() <= 3 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, laptop_form) = forms
+        .iter()
+        .find(|(name, _)| name.contains("bob's laptop"))
+        .unwrap()
+        .clone();
+    page.click(&format!("form[action='{laptop_form}'] button"))
+        .await;
+    let at = page.wait_for_url(&env.url("/.twinward/mfa"), WAIT).await;
+    assert!(at.contains("step_up=1"), "{at}");
+    assert_eq!(
+        removals_audited(&env),
+        0,
+        "nothing removed before the check"
+    );
+    let back = press_passkey(&page, &env).await;
+    assert_eq!(back, env.url("/.twinward/"));
+    page.click(&format!("form[action='{laptop_form}'] button"))
+        .await;
+    page.wait_for(
+        "document.querySelectorAll(\"form[action*='/portal/passkeys/']\").length === 1",
+        WAIT,
+    )
+    .await;
+    assert!(page.text().await.contains("Passkey removed."));
+    assert_eq!(removals_audited(&env), 1);
+
+    // The last passkey stays.
+    let (_, last) = passkey_forms(&page).await.remove(0);
+    page.click(&format!("form[action='{last}'] button")).await;
+    page.wait_for(
+        "document.body.innerText.includes('This is your only passkey')",
+        WAIT,
+    )
+    .await;
+    assert_eq!(passkey_forms(&page).await.len(), 1);
+    assert_eq!(removals_audited(&env), 1);
+}
+
+fn removals_audited(env: &SigninEnv) -> usize {
+    env.audit_of("mfa.remove").len()
+}
