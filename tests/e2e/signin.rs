@@ -1137,3 +1137,155 @@ async fn passkeys_are_added_and_removed_from_the_portal_with_a_fresh_check() {
 fn removals_audited(env: &SigninEnv) -> usize {
     env.audit_of("mfa.remove").len()
 }
+
+/// `fetch` from the page with the page's CSRF token (or without it), returning status and
+/// the parsed JSON body.
+async fn api(
+    page: &Page,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    csrf: bool,
+) -> (u64, Value) {
+    let js = format!(
+        r#"(async () => {{
+            const h = {{ 'Content-Type': 'application/json', 'Accept': 'application/json' }};
+            if ({csrf}) h['X-CSRF-Token'] = document.querySelector('meta[name=csrf-token]').content;
+            const r = await fetch({path}, {{ method: {method}, headers: h, body: {body} }});
+            return [r.status, await r.text()];
+        }})()"#,
+        csrf = csrf,
+        path = json!(path),
+        method = json!(method),
+        body = body.map_or("undefined".to_owned(), |b| json!(b.to_string()).to_string()),
+    );
+    let r = page.eval(&js).await;
+    let status = r[0].as_u64().unwrap();
+    (
+        status,
+        serde_json::from_str(r[1].as_str().unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+/// The JSON token API: create (fresh passkey check, own roles, served twins, capped
+/// expiry, CSRF), list, use by a tool within its twin scope, delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_api_creates_scoped_tokens_for_the_signed_in_user_only() {
+    let env = SigninEnv::start().await;
+    let browser = Browser::launch().await;
+    let page = browser.new_page().await;
+    page.add_virtual_authenticator(AuthenticatorOptions::default())
+        .await;
+    first_sign_in(&page, &env, "bob", "/plant-7/").await;
+    page.goto(&env.url("/.twinward/")).await;
+
+    let ask = |roles: Value, ttl: &str| json!({ "name": "ci-job", "roles": roles, "twins": ["plant-7"], "ttl": ttl });
+    let (status, body) = api(
+        &page,
+        "POST",
+        "/.twinward/api/tokens",
+        Some(ask(json!(["twin-viewer"]), "1d")),
+        false,
+    )
+    .await;
+    assert_eq!(status, 403, "no CSRF token: {body}");
+    let (status, body) = api(
+        &page,
+        "POST",
+        "/.twinward/api/tokens",
+        Some(ask(json!(["twin-operator"]), "1d")),
+        true,
+    )
+    .await;
+    assert_eq!(status, 400, "a role bob does not have: {body}");
+    let (status, body) = api(
+        &page,
+        "POST",
+        "/.twinward/api/tokens",
+        Some(ask(json!(["twin-viewer"]), "400d")),
+        true,
+    )
+    .await;
+    assert_eq!(status, 400, "longer than api_tokens.max_ttl: {body}");
+    let (status, body) = api(
+        &page,
+        "POST",
+        "/.twinward/api/tokens",
+        Some(json!({"name": "x", "roles": ["twin-viewer"], "twins": ["plant-7"]})),
+        true,
+    )
+    .await;
+    assert_eq!(status, 400, "no expiry: {body}");
+    let (status, body) = api(
+        &page,
+        "POST",
+        "/.twinward/api/tokens",
+        Some(ask(json!(["twin-viewer"]), "1d")),
+        true,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("twt_"));
+
+    let (status, list) = api(&page, "GET", "/.twinward/api/tokens", None, false).await;
+    assert_eq!(status, 200);
+    let listed = list["tokens"].as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(
+        !list.to_string().contains(&token),
+        "a listing never shows the token"
+    );
+
+    let bearer = format!("Bearer {token}");
+    let tool = |path: &str| {
+        sync(|| {
+            env.request(
+                "GET",
+                path,
+                &[
+                    ("Authorization", bearer.as_str()),
+                    ("Accept", "application/json"),
+                ],
+                None,
+            )
+        })
+        .status
+    };
+    assert_eq!(tool("/plant-7/state"), 200);
+    assert_eq!(
+        tool("/plant-9/state"),
+        403,
+        "the token is scoped to plant-7"
+    );
+
+    let (status, _) = api(
+        &page,
+        "DELETE",
+        &format!("/.twinward/api/tokens/{id}"),
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(status, 403, "deleting needs the CSRF token too");
+    let (status, body) = api(
+        &page,
+        "DELETE",
+        &format!("/.twinward/api/tokens/{id}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while tool("/plant-7/state") != 401 {
+        assert!(Instant::now() < deadline, "the revoked token still works");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Signed out, the API answers 401 and creates nothing.
+    page.clear_cookies().await;
+    let (status, _) = api(&page, "GET", "/.twinward/api/tokens", None, false).await;
+    assert_eq!(status, 401);
+}

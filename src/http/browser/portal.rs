@@ -15,7 +15,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::Extension;
 use http::{HeaderMap, Response, StatusCode};
-use std::time::Duration;
 
 fn at(secs: i64) -> String {
     crate::clock::Timestamp::from_unix_secs(secs).to_rfc3339()
@@ -268,17 +267,34 @@ fn step_up_needed(b: &Browser, live: &LiveSession) -> bool {
 
 // ---- JSON API: /.twinward/api/tokens ----
 
-pub async fn api_tokens_list(State(state): State<AppState>, headers: HeaderMap) -> Response<Body> {
-    let Some(b) = Browser::of(&state) else {
-        return super::not_configured();
-    };
-    let Ok(live) = complete_session(&b, &headers).await else {
-        return json_problem(
+/// The complete session behind a JSON API call (401 otherwise); for a `write`, also the
+/// same-origin and CSRF checks.
+async fn api_session(
+    b: &Browser,
+    headers: &HeaderMap,
+    write: bool,
+) -> Result<LiveSession, Response<Body>> {
+    let Ok(live) = complete_session(b, headers).await else {
+        return Err(json_problem(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "sign in first",
             None,
-        );
+        ));
+    };
+    if write {
+        b.check_write(headers, &live, None)?;
+    }
+    Ok(live)
+}
+
+pub async fn api_tokens_list(State(state): State<AppState>, headers: HeaderMap) -> Response<Body> {
+    let Some(b) = Browser::of(&state) else {
+        return super::not_configured();
+    };
+    let live = match api_session(&b, &headers, false).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     match b.gw.store.tokens_of_user(&live.session.user.subject).await {
         Ok(t) => {
@@ -301,17 +317,10 @@ pub async fn api_tokens_create(
     let Some(b) = Browser::of(&state) else {
         return super::not_configured();
     };
-    let Ok(live) = complete_session(&b, &headers).await else {
-        return json_problem(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "sign in first",
-            None,
-        );
+    let live = match api_session(&b, &headers, true).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
-    if let Err(r) = b.check_write(&headers, &live, None) {
-        return r;
-    }
     if step_up_needed(&b, &live) {
         return json_problem(
             StatusCode::UNAUTHORIZED,
@@ -370,17 +379,10 @@ pub async fn api_tokens_delete(
     let Some(b) = Browser::of(&state) else {
         return super::not_configured();
     };
-    let Ok(live) = complete_session(&b, &headers).await else {
-        return json_problem(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "sign in first",
-            None,
-        );
+    let live = match api_session(&b, &headers, true).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
-    if let Err(r) = b.check_write(&headers, &live, None) {
-        return r;
-    }
     match revoke_own_token(&b, &live, &id).await {
         Ok(()) => json_ok(serde_json::json!({ "revoked": id })),
         Err(m) => json_problem(StatusCode::NOT_FOUND, "Not Found", &m, None),
@@ -574,6 +576,5 @@ pub async fn form_session_revoke(
         }
         None => "No such session of yours.",
     };
-    let _ = Duration::ZERO;
     portal_page(&b, &live, ip, None, Some(notice)).await
 }
