@@ -385,7 +385,7 @@ fn passkey(cmd: PasskeyCmd) -> Result<ExitCode, Failure> {
                         ev.actor_pseudonym = Some(p.user_subject.clone());
                         ev.detail =
                             serde_json::json!({ "passkey": p.id, "name": p.name, "by": "admin" });
-                        store.append_audit(vec![ev]).await.map_err(runtime)?;
+                        store.append_audit(&[ev]).await.map_err(runtime)?;
                         println!("removed passkey {} ({})", p.id, p.name);
                         Ok(ExitCode::SUCCESS)
                     }
@@ -773,7 +773,7 @@ fn token(cmd: TokenCmd) -> Result<ExitCode, Failure> {
                         twinward::access::tokens::IssueError::Invalid(m) => usage(anyhow!(m)),
                         other => runtime(other),
                     })?;
-                store.append_audit(vec![ev]).await.map_err(runtime)?;
+                store.append_audit(&[ev]).await.map_err(runtime)?;
                 eprintln!("token id {} for service account {:?}, roles {:?}, expires {}", rec.id, rec.service_account, rec.roles, twinward::clock::Timestamp::from_unix_secs(rec.expires_at).to_rfc3339());
                 eprintln!("store it now: it is shown only once");
                 println!("{text}");
@@ -790,7 +790,7 @@ fn token(cmd: TokenCmd) -> Result<ExitCode, Failure> {
                     let mut ev = twinward::audit::AuditEvent::new("token.revoke", "ok", now);
                     ev.actor = Some(default_owner());
                     ev.detail = serde_json::json!({"token_id": rec.id, "service_account": rec.service_account});
-                    store.append_audit(vec![ev]).await.map_err(runtime)?;
+                    store.append_audit(&[ev]).await.map_err(runtime)?;
                     println!("revoked {} ({})", rec.id, rec.service_account);
                 }
                 Ok(None) => return Err(usage(anyhow!("no token with id {id:?}"))),

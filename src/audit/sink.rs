@@ -37,7 +37,7 @@ impl AuditSink {
                 let events = std::mem::take(&mut batch);
                 let mut delay = Duration::from_millis(50);
                 loop {
-                    match store.append_audit(events.clone()).await {
+                    match store.append_audit(&events).await {
                         Ok(()) => break,
                         Err(e) => {
                             tracing::error!(error = %e, pending = events.len(), "audit append failed; retrying");

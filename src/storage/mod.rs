@@ -93,7 +93,10 @@ pub trait Store: Send + Sync + 'static {
         at: i64,
     ) -> BoxFuture<'a, Result<Option<TokenRecord>, StorageError>>;
     /// Appends events to the chain in one transaction, in order.
-    fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<(), StorageError>>;
+    fn append_audit<'a>(
+        &'a self,
+        events: &'a [AuditEvent],
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
     /// Events with `seq > after`, oldest first, at most `limit`.
     fn audit_events(
         &self,

@@ -225,7 +225,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn append_audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<(), StorageError>> {
+    fn append_audit<'a>(
+        &'a self,
+        events: &'a [AuditEvent],
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
             if events.is_empty() {
                 return Ok(());
@@ -473,8 +476,8 @@ mod tests {
             e.route = Some("r".into());
             evs.push(e);
         }
-        s.append_audit(evs[..2].to_vec()).await.unwrap();
-        s.append_audit(evs[2..].to_vec()).await.unwrap();
+        s.append_audit(&evs[..2]).await.unwrap();
+        s.append_audit(&evs[2..]).await.unwrap();
         let stored = s.audit_events(0, 100).await.unwrap();
         assert_eq!(stored.len(), 5);
         verify_chain(&stored, 0, GENESIS).unwrap();
