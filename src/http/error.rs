@@ -57,6 +57,9 @@ pub fn problem(
     if let Some(id) = decision_id.and_then(|i| HeaderValue::from_str(i).ok()) {
         resp.headers_mut().insert("x-twinward-decision-id", id);
     }
+    if html {
+        super::ui::secure_headers(&mut resp);
+    }
     resp
 }
 
@@ -227,4 +230,30 @@ pub fn not_found(html: bool) -> Response<Body> {
         None,
         html,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_error_pages_carry_the_strict_headers_and_escape() {
+        let resp = problem(
+            StatusCode::BAD_GATEWAY,
+            "Bad <Gateway>",
+            "x",
+            Some("d-1"),
+            true,
+        );
+        assert_eq!(
+            resp.headers()[http::header::CONTENT_SECURITY_POLICY],
+            super::super::ui::CSP
+        );
+        assert_eq!(resp.headers()["x-frame-options"], "DENY");
+        assert_eq!(resp.headers()["x-twinward-decision-id"], "d-1");
+        let json = problem(StatusCode::BAD_GATEWAY, "Bad Gateway", "x", None, false);
+        assert_eq!(json.headers()[CONTENT_TYPE], "application/problem+json");
+        assert!(page(StatusCode::BAD_GATEWAY, "<b>", "<i>", Some("<id>")).contains("&lt;b&gt;"));
+        assert!(!page(StatusCode::BAD_GATEWAY, "<b>", "<i>", Some("<id>")).contains("<b>"));
+    }
 }
