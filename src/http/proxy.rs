@@ -173,6 +173,11 @@ fn is_websocket(req: &Request<Incoming>) -> bool {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the `Connection` header
 /// names. With `upgrade`, keeps `Connection: upgrade` and `Upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one pass over the names instead of a removal
+    // (hash and probe) per hop-by-hop name.
+    if !upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -203,6 +208,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 /// Removes the client's credentials and anything that claims to come from the gateway.
@@ -608,5 +625,23 @@ mod tests {
         assert!(h.get("x-secret-hop").is_none() && h.get(header::UPGRADE).is_none());
         assert!(h.get(header::TRANSFER_ENCODING).is_none() && h.get(header::CONNECTION).is_none());
         assert!(h.get("x-keep").is_some());
+        // Each hop-by-hop name alone, without a Connection header, is still removed.
+        for name in [
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "keep-alive",
+            "proxy-connection",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+            h.insert("x-keep", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h, false);
+            assert!(h.get(name).is_none(), "{name} survived");
+            assert_eq!(h.len(), 1);
+        }
     }
 }
