@@ -537,8 +537,20 @@ fn check(path: &Path) -> Result<ExitCode, Failure> {
         match loader::load_dir(&cfg.policy.dir) {
             Ok(bundle) => {
                 let twins = TwinSpec::from_routes(&cfg.routes, &path.display().to_string());
-                if let Err(ps) = Loaded::compile(bundle, &twins, 0) {
-                    problems.extend(ps.iter().map(ToString::to_string));
+                match Loaded::compile(bundle, &twins, 0) {
+                    Ok(l) => {
+                        // A role the IdP mapping names but the policies do not know would
+                        // quietly grant nothing.
+                        for (claim, role) in cfg.signin.iter().flat_map(|s| &s.oidc.roles) {
+                            if !l.knows_role(role) {
+                                problems.push(format!(
+                                    "{}: oidc.roles maps {claim:?} to {role:?}, which is not a Twinward::Role in the policy entities",
+                                    path.display()
+                                ));
+                            }
+                        }
+                    }
+                    Err(ps) => problems.extend(ps.iter().map(ToString::to_string)),
                 }
             }
             Err(ps) => problems.extend(
@@ -561,6 +573,11 @@ fn check(path: &Path) -> Result<ExitCode, Failure> {
         if let Some(r) = &cfg.identity.pseudonym_key {
             if let Err(e) = r.load() {
                 problems.push(format!("identity: {e}"));
+            }
+        }
+        if let Some(s) = &cfg.signin {
+            if let Err(e) = s.oidc.client_secret.load() {
+                problems.push(format!("oidc client secret: {e}"));
             }
         }
     }

@@ -533,3 +533,31 @@ async fn health_readiness_and_metrics_are_on_the_admin_listener_only() {
     }
     assert_eq!(up.count(), 1, "only the allowed request reached the twin");
 }
+
+#[test]
+fn check_finds_a_missing_client_secret_and_an_unknown_mapped_role() {
+    let text = format!(
+        "{GOOD}\n[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"twinward\"\nclient_secret_file = \"nowhere/secret\"\nroles = {{ \"twin-viewers\" = \"twin-viewer\", \"ops\" = \"twin-operatr\" }}\n"
+    )
+    .replace(
+        "[server]\n",
+        "[server]\npublic_url = \"https://twins.example.com\"\n",
+    );
+    let dir = config_dir(&text);
+    let out = run(dir.path(), &["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    assert_lists(
+        &out,
+        &[
+            "oidc client secret: cannot read secret file",
+            "maps \"ops\" to \"twin-operatr\", which is not a Twinward::Role",
+            "2 problem(s)",
+        ],
+    );
+    std::fs::create_dir_all(dir.path().join("nowhere")).unwrap();
+    std::fs::write(dir.path().join("nowhere/secret"), "s").unwrap();
+    let fixed = text.replace("twin-operatr", "twin-operator");
+    std::fs::write(dir.path().join("twinward.toml"), fixed).unwrap();
+    let out = run(dir.path(), &["check"]);
+    assert!(out.status.success(), "{}", both(&out));
+}
