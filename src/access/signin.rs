@@ -126,6 +126,7 @@ impl Signin {
         let id = SessionId::generate();
         let session = Session {
             key: id.key(),
+            family: id.key(),
             user,
             created: now,
             last_seen: now,
@@ -157,6 +158,35 @@ impl Signin {
         self.sessions.put(s.clone()).await?;
         self.end(&old.key).await?;
         Ok((id, s))
+    }
+
+    /// A session for another route host, of the same sign-in: same user, MFA time and
+    /// absolute end, its own id (each host sets its own cookie).
+    pub async fn branch(
+        &self,
+        from: &Session,
+        now: Timestamp,
+    ) -> Result<(SessionId, Session), SessionStoreError> {
+        let id = SessionId::generate();
+        let mut s = from.clone();
+        s.key = id.key();
+        s.last_seen = now;
+        s.csrf = random_token();
+        self.sessions.put(s.clone()).await?;
+        Ok((id, s))
+    }
+
+    /// Ends every session of the sign-in `s` belongs to, on every host.
+    pub async fn end_family(&self, s: &Session) -> Result<Vec<Session>, SessionStoreError> {
+        let gone = self
+            .sessions
+            .revoke(crate::session::Selector::Family(s.family.clone()))
+            .await?;
+        for g in &gone {
+            self.forget(&g.key);
+        }
+        self.forget(&s.key);
+        Ok(gone)
     }
 
     pub async fn end(&self, key: &SessionKey) -> Result<Option<Session>, SessionStoreError> {

@@ -53,6 +53,7 @@ fn gateway_router(state: AppState) -> Router {
         .route("/.twinward/login", get(browser::auth::login))
         .route("/.twinward/callback", get(browser::auth::callback))
         .route("/.twinward/logout", post(browser::auth::logout))
+        .route("/.twinward/session", get(browser::auth::session_handoff))
         .route("/.twinward/mfa", get(browser::passkey::page))
         .route(
             "/.twinward/api/webauthn/register/start",

@@ -81,6 +81,11 @@ impl SessionStore for MemoryStore {
             .map(|mut m| {
                 let doomed: Vec<SessionKey> = match &selector {
                     Selector::All => m.keys().cloned().collect(),
+                    Selector::Family(f) => m
+                        .values()
+                        .filter(|s| s.family == *f)
+                        .map(|s| s.key.clone())
+                        .collect(),
                     Selector::User(u) => m
                         .values()
                         .filter(|s| s.user.subject == *u || s.user.email == *u)
@@ -162,6 +167,7 @@ mod tests {
 
     fn session(key: SessionKey, email: &str) -> Session {
         Session {
+            family: key.clone(),
             key,
             user: SignedInUser {
                 subject: format!("sub-{email}"),
@@ -181,6 +187,22 @@ mod tests {
             user_agent: String::new(),
             client_ip: String::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_family_is_revoked_together_and_nothing_else() {
+        let s = MemoryStore::new();
+        let a = SessionId::generate().key();
+        let b = SessionId::generate().key();
+        let c = SessionId::generate().key();
+        s.put(session(a.clone(), "ann@x")).await.unwrap();
+        let mut sibling = session(b.clone(), "ann@x");
+        sibling.family = a.clone();
+        s.put(sibling).await.unwrap();
+        s.put(session(c.clone(), "ann@x")).await.unwrap();
+        let gone = s.revoke(Selector::Family(a.clone())).await.unwrap();
+        assert_eq!(gone.len(), 2);
+        assert!(s.get(&c).await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -88,6 +88,9 @@ pub struct Session {
     pub csrf: String,
     pub user_agent: String,
     pub client_ip: String,
+    /// The sign-in this session belongs to: its own key, or, for a session handed to
+    /// another route host, the key of the session it came from. Logout ends the family.
+    pub family: SessionKey,
 }
 
 impl Session {
@@ -127,6 +130,8 @@ pub enum Selector {
     Key(String),
     /// Every session of a user (pseudonymous subject or email).
     User(String),
+    /// Every session of one sign-in, on every host.
+    Family(SessionKey),
     All,
 }
 

@@ -1289,3 +1289,120 @@ async fn the_token_api_creates_scoped_tokens_for_the_signed_in_user_only() {
     let (status, _) = api(&page, "GET", "/.twinward/api/tokens", None, false).await;
     assert_eq!(status, 401);
 }
+
+/// A route on another host: after signing in on the auth host, the browser reaches it
+/// through a single-use handoff code that host redeems for its own cookie; the code cannot
+/// be used twice; logging out on the auth host ends the route host's session too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_handed_to_another_route_host_once_and_ends_with_logout() {
+    let mut b_route = crate::common::RouteSpec::new(
+        "plant-b",
+        "/b",
+        "127.0.0.1:1".parse().unwrap(),
+        "plant-7",
+        2,
+    );
+    b_route.host = Some("twins-b.localhost");
+    let env = SigninEnv::start_with(
+        "idle_timeout = \"30m\"\nmax_lifetime = \"8h\"\nmfa_max_age = \"5m\"",
+        vec![b_route],
+    )
+    .await;
+    let browser = Browser::launch().await;
+    let page = browser.new_page().await;
+    page.add_virtual_authenticator(AuthenticatorOptions::default())
+        .await;
+    let mut requests = page.events("Network.requestWillBeSent");
+    let b_url = format!("http://twins-b.localhost:{}/b/x?y=1", env.port);
+
+    page.goto(&b_url).await;
+    through_idp(&page, &env, "bob").await;
+    assert_eq!(mfa_mode(&page).await, "enroll");
+    page.fill("#passkey-name", "bob's laptop").await;
+    let landed = press_passkey(&page, &env).await;
+    let landed = if landed == b_url {
+        landed
+    } else {
+        page.wait_for_url(&b_url, WAIT).await
+    };
+    assert_eq!(landed, b_url);
+    assert_eq!(page.last_document_status(), Some(200));
+    let seen = env.up.last().unwrap();
+    assert_eq!(seen.target, "/b/x?y=1");
+    assert!(seen.header("x-twinward-assertion").is_some());
+
+    // The code went through the browser once; the twin host's cookie is its own.
+    let mut handoff = None;
+    while let Ok(ev) = requests.try_recv() {
+        let url = ev["request"]["url"].as_str().unwrap_or_default().to_owned();
+        if url.contains("/.twinward/session?code=") {
+            handoff = Some(url);
+        }
+    }
+    let handoff = handoff.expect("the browser went through /.twinward/session");
+    let target = handoff
+        .split_once(&format!(":{}", env.port))
+        .unwrap()
+        .1
+        .to_owned();
+    let host = format!("twins-b.localhost:{}", env.port);
+    let again = sync(|| {
+        crate::common::raw(
+            env.gw.addr,
+            &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .unwrap()
+    });
+    assert_eq!(again.status, 400, "a handoff code is single use: {again:?}");
+    assert!(again.header("set-cookie").is_none());
+    assert_eq!(env.audit_until("session.handoff", 1).len(), 1);
+
+    // A code is bound to the host it was made for.
+    page.goto(&env.url("/.twinward/api/me")).await;
+    let auth_cookie = cookie_value(&session_cookie(&page).await.unwrap());
+    let auth_host = format!("localhost:{}", env.port);
+    let login = sync(|| {
+        crate::common::raw(
+            env.gw.addr,
+            &format!(
+                "GET /.twinward/login?return_to={} HTTP/1.1\r\nHost: {auth_host}\r\nCookie: twinward={auth_cookie}\r\nConnection: close\r\n\r\n",
+                utf8_percent_encode(&b_url, NON_ALPHANUMERIC)
+            ),
+        )
+        .unwrap()
+    });
+    let to = login.header("location").unwrap().to_owned();
+    assert!(
+        to.starts_with(&format!("http://{host}/.twinward/session?code=")),
+        "signed in, login hands off without the provider: {to}"
+    );
+    let code_target = to.split_once(&host).unwrap().1.to_owned();
+    let elsewhere = sync(|| {
+        crate::common::raw(
+            env.gw.addr,
+            &format!(
+                "GET {code_target} HTTP/1.1\r\nHost: {auth_host}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .unwrap()
+    });
+    assert_eq!(elsewhere.status, 400, "{elsewhere:?}");
+    assert!(elsewhere.header("set-cookie").is_none());
+
+    // Logging out on the auth host ends the twin host's session as well.
+    page.goto(&env.url("/.twinward/")).await;
+    page.click("form[action='/.twinward/logout'] button").await;
+    page.wait_for("document.body.innerText.includes('signed out')", WAIT)
+        .await;
+    let before = env.up.count();
+    page.goto(&b_url).await;
+    // The twin host's cookie names no session any more: the browser signs in again (the
+    // provider remembers bob, so it is straight back at the passkey step).
+    let at = page.url().await;
+    assert!(
+        at.starts_with(&env.url("/.twinward/mfa?")),
+        "still signed in on the twin host: {at}"
+    );
+    assert_eq!(mfa_mode(&page).await, "verify");
+    assert_eq!(env.up.count(), before);
+}

@@ -38,6 +38,13 @@ pub async fn login(
     if !on_auth_host(&b, &headers) {
         return error::redirect(&error::login_location(&b.signin.cfg, &return_to));
     }
+    // Already signed in (passkey included): no new sign-in, just go on, handing the
+    // session to the route host the browser is headed for.
+    if let Some(live) = b.session(&headers).await {
+        if b.signin.second_factor_done(&live.session) {
+            return hand_off(&b, &live.session, &return_to).await;
+        }
+    }
     let binding = random_token();
     let start = match b
         .signin
@@ -81,6 +88,161 @@ pub async fn login(
     resp.headers_mut().append(
         http::header::SET_COOKIE,
         cookies::login(&b.signin.cfg, &binding, LOGIN_TTL.as_secs()),
+    );
+    resp
+}
+
+/// How long a session handoff code lives: only the redirect to the other host uses it.
+const HANDOFF_TTL: Duration = Duration::from_secs(30);
+const HANDOFF_KIND: &str = "handoff";
+
+/// A session handed from the auth host to a route host, kept server-side under the code.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Handoff {
+    session: crate::session::SessionKey,
+    /// `host[:port]` the code is for; redeemed anywhere else it is refused.
+    host: String,
+    /// Path and query on that host to continue to.
+    path: String,
+}
+
+/// Sends a signed-in browser on to `return_to`: directly on the auth host, or through
+/// `/.twinward/session?code=…` on a route host. The code is single use, lives 30 seconds and
+/// is bound to this session and that host; the session id never appears in a URL.
+async fn hand_off(
+    b: &Browser,
+    session: &crate::session::Session,
+    return_to: &str,
+) -> Response<Body> {
+    if return_to.starts_with('/') {
+        return error::redirect(return_to);
+    }
+    let Ok(url) = url::Url::parse(return_to) else {
+        return error::redirect(super::DEFAULT_RETURN);
+    };
+    let Some(host) = url.host_str() else {
+        return error::redirect(super::DEFAULT_RETURN);
+    };
+    let host = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    };
+    let mut path = url.path().to_owned();
+    if let Some(q) = url.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let code = random_token();
+    let record = Handoff {
+        session: session.key.clone(),
+        host: host.clone(),
+        path,
+    };
+    let stored = serde_json::to_vec(&record).unwrap_or_default();
+    if let Err(e) = b
+        .signin
+        .sessions
+        .put_once(
+            HANDOFF_KIND,
+            &hashed(&code),
+            stored,
+            b.now,
+            b.now.saturating_add(HANDOFF_TTL),
+        )
+        .await
+    {
+        tracing::error!(error = %e, "cannot store a session handoff");
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in is unavailable",
+            "Try again in a minute.",
+            None,
+        );
+    }
+    error::redirect(&format!(
+        "{}://{host}/.twinward/session?code={code}",
+        url.scheme()
+    ))
+}
+
+/// `GET /.twinward/session?code=…` on a route host: redeems a handoff code server-side and
+/// sets this host's own cookie for a session of the same sign-in.
+#[tracing::instrument(skip_all)]
+pub async fn session_handoff(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response<Body> {
+    let Some(b) = Browser::of(&state) else {
+        return super::not_configured();
+    };
+    let expired = || {
+        error_page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in link is no longer valid",
+            "It has expired or was already used. Open the twin again to continue.",
+            None,
+        )
+    };
+    let record: Option<Handoff> = match q.get("code") {
+        Some(c) => match b
+            .signin
+            .sessions
+            .take_once(HANDOFF_KIND, &hashed(c), b.now)
+            .await
+        {
+            Ok(v) => v.and_then(|v| serde_json::from_slice(&v).ok()),
+            Err(e) => {
+                tracing::error!(error = %e, "session handoff lookup failed");
+                None
+            }
+        },
+        None => None,
+    };
+    let Some(record) = record else {
+        return expired();
+    };
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    if host.as_deref() != Some(record.host.to_ascii_lowercase().as_str()) {
+        return expired();
+    }
+    let source = match b.signin.sessions.get(&record.session).await {
+        Ok(Some(s))
+            if s.is_live(b.now, b.signin.session_cfg.idle_timeout)
+                && b.signin.second_factor_done(&s) =>
+        {
+            s
+        }
+        _ => return expired(),
+    };
+    // A session this browser already had on this host gives way to the fresh one.
+    if let Some(old) = b.session(&headers).await {
+        let _ = b.signin.end(&old.session.key).await;
+    }
+    let (id, branch) = match b.signin.branch(&source, b.now).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot hand a session over");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in is unavailable",
+                "Try again in a minute.",
+                None,
+            );
+        }
+    };
+    let mut ev = AuditEvent::new("session.handoff", "ok", b.now);
+    ev.actor = Some(branch.user.email.clone());
+    ev.actor_pseudonym = Some(branch.user.subject.clone());
+    ev.detail = serde_json::json!({ "host": record.host, "from": source.key.short(), "session": branch.key.short() });
+    b.gw.audit.record(ev).await;
+    let mut resp = error::redirect(&record.path);
+    resp.headers_mut().append(
+        http::header::SET_COOKIE,
+        cookies::session(&b.signin.cfg, id.cookie_value()),
     );
     resp
 }
@@ -300,7 +462,7 @@ pub async fn callback(
     let next = if b.signin.cfg.webauthn.required {
         error::mfa_location(&b.signin.cfg, &pending.return_to, false)
     } else {
-        pending.return_to.clone()
+        super::via_login(&pending.return_to)
     };
     let mut resp = error::redirect(&next);
     resp.headers_mut().append(
@@ -334,7 +496,8 @@ pub async fn logout(
         if let Err(resp) = b.check_write(&headers, &live, form.get("csrf").map(String::as_str)) {
             return resp;
         }
-        let _ = b.signin.end(&live.session.key).await;
+        // The whole sign-in ends: this session and those handed to other route hosts.
+        let _ = b.signin.end_family(&live.session).await;
         let mut ev = AuditEvent::new("signout", "ok", b.now);
         ev.actor = Some(live.session.user.email.clone());
         ev.actor_pseudonym = Some(live.session.user.subject.clone());

@@ -114,6 +114,20 @@ impl Browser {
     }
 }
 
+/// Where to send a browser that has just finished signing in on the auth host: a path
+/// there directly; a URL on another route host through `/.twinward/login`, which hands
+/// the session to that host (the auth host's cookie does not reach it).
+pub fn via_login(return_to: &str) -> String {
+    if return_to.starts_with('/') {
+        return_to.to_owned()
+    } else {
+        format!(
+            "/.twinward/login?return_to={}",
+            percent_encoding::utf8_percent_encode(return_to, percent_encoding::NON_ALPHANUMERIC)
+        )
+    }
+}
+
 pub fn safe_return_to(gw: &Gateway, signin: &Signin, raw: Option<&str>) -> Option<String> {
     let route_hosts = gw.config.routes.iter().filter_map(|r| r.host.as_deref());
     resolve_return_to(&signin.cfg.public_url, route_hosts, raw?)

@@ -155,7 +155,8 @@ async fn end_sessions_of(b: &Browser, live: &LiveSession, passkey_id: &str) {
 async fn finish_ok(b: &Browser, live: &LiveSession, return_to: &str) -> Response<Body> {
     match b.signin.rotate(&live.session, Some(b.now), b.now).await {
         Ok((id, _)) => {
-            let mut resp = json_ok(serde_json::json!({ "redirect": b.return_to(Some(return_to)) }));
+            let next = super::via_login(&b.return_to(Some(return_to)));
+            let mut resp = json_ok(serde_json::json!({ "redirect": next }));
             resp.headers_mut().append(
                 http::header::SET_COOKIE,
                 cookies::session(&b.signin.cfg, id.cookie_value()),

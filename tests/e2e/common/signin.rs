@@ -65,6 +65,12 @@ impl SigninEnv {
 
     /// [`SigninEnv::start`] with these lines in `[session]`.
     pub async fn start_with_session(session: &str) -> SigninEnv {
+        Self::start_with(session, Vec::new()).await
+    }
+
+    /// [`SigninEnv::start_with_session`] plus `routes` (their upstream is replaced by the
+    /// env's recording upstream).
+    pub async fn start_with(session: &str, mut routes: Vec<RouteSpec>) -> SigninEnv {
         let up = Upstream::start().await;
         let port = free_port();
         let origin = format!("http://localhost:{port}");
@@ -93,10 +99,17 @@ rp_name = "Plant twins"
         );
         let gw = super::sync(|| {
             Gateway::start(GatewayOptions {
-                routes: vec![
-                    RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2),
-                    RouteSpec::new("plant-9", "/plant-9", up.addr, "plant-9", 3),
-                ],
+                routes: {
+                    for r in &mut routes {
+                        r.upstream = format!("http://{}", up.addr);
+                    }
+                    let mut all = vec![
+                        RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2),
+                        RouteSpec::new("plant-9", "/plant-9", up.addr, "plant-9", 3),
+                    ];
+                    all.append(&mut routes);
+                    all
+                },
                 server_extra: format!("public_url = \"{origin}\""),
                 extra,
                 port: Some(port),
