@@ -262,15 +262,16 @@ impl Store for SqliteStore {
                     ));
                 }
                 qb.push_values(rows, |mut b, (seq, e, detail, prev_hash, hash)| {
+                    // Borrowed from the batch: no copy of each field per row.
                     b.push_bind(seq)
-                        .push_bind(e.event_id.clone())
+                        .push_bind(e.event_id.as_str())
                         .push_bind(e.at_ms)
                         .push_bind(e.kind)
                         .push_bind(e.outcome)
-                        .push_bind(e.actor.clone())
-                        .push_bind(e.actor_pseudonym.clone())
-                        .push_bind(e.route.clone())
-                        .push_bind(e.action.clone())
+                        .push_bind(e.actor.as_deref())
+                        .push_bind(e.actor_pseudonym.as_deref())
+                        .push_bind(e.route.as_deref())
+                        .push_bind(e.action.as_deref())
                         .push_bind(
                             serde_json::to_string(&e.policies).unwrap_or_else(|_| "[]".into()),
                         )
