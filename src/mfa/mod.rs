@@ -5,7 +5,7 @@
 
 use crate::clock::Timestamp;
 use crate::config::signin::WebauthnConfig;
-use crate::session::{hashed, random_token, Session, SessionKey, SessionStore};
+use crate::session::{put_json, random_token, take_json, Session, SessionKey, SessionStore};
 use crate::storage::{PasskeyRecord, StorageError, Store, UserRecord};
 use base64::Engine as _;
 use std::sync::Arc;
@@ -111,16 +111,15 @@ impl Passkeys {
 
     async fn save(&self, c: &Ceremony, now: Timestamp) -> Result<String, MfaError> {
         let id = random_token();
-        let bytes = serde_json::to_vec(c).map_err(|e| MfaError::Setup(e.to_string()))?;
-        self.sessions
-            .put_once(
-                CEREMONY_KIND,
-                &hashed(&id),
-                bytes,
-                now,
-                now.saturating_add(CEREMONY_TTL),
-            )
-            .await?;
+        put_json(
+            self.sessions.as_ref(),
+            CEREMONY_KIND,
+            &id,
+            c,
+            now,
+            CEREMONY_TTL,
+        )
+        .await?;
         Ok(id)
     }
 
@@ -132,12 +131,9 @@ impl Passkeys {
         session: &Session,
         now: Timestamp,
     ) -> Result<Ceremony, MfaError> {
-        let bytes = self
-            .sessions
-            .take_once(CEREMONY_KIND, &hashed(id), now)
+        let c: Ceremony = take_json(self.sessions.as_ref(), CEREMONY_KIND, id, now)
             .await?
             .ok_or(MfaError::NoCeremony)?;
-        let c: Ceremony = serde_json::from_slice(&bytes).map_err(|_| MfaError::NoCeremony)?;
         if c.kind != kind || c.session != session.key || c.user != session.user.subject {
             return Err(MfaError::NoCeremony);
         }

@@ -172,3 +172,33 @@ pub trait SessionStore: Send + Sync + 'static {
 pub fn hashed(id: &str) -> String {
     hex::encode(Sha256::digest(id.as_bytes()))
 }
+
+/// Stores `value` as a one-time record under the hash of `id` until `now + ttl`.
+pub async fn put_json<T: serde::Serialize>(
+    store: &dyn SessionStore,
+    kind: &'static str,
+    id: &str,
+    value: &T,
+    now: Timestamp,
+    ttl: Duration,
+) -> Result<(), SessionStoreError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| {
+        SessionStoreError::Unavailable(format!("cannot encode a {kind} record: {e}"))
+    })?;
+    store
+        .put_once(kind, &hashed(id), bytes, now, now.saturating_add(ttl))
+        .await
+}
+
+/// Takes the one-time record `id` names; gone, expired or unreadable is `None`.
+pub async fn take_json<T: serde::de::DeserializeOwned>(
+    store: &dyn SessionStore,
+    kind: &'static str,
+    id: &str,
+    now: Timestamp,
+) -> Result<Option<T>, SessionStoreError> {
+    Ok(store
+        .take_once(kind, &hashed(id), now)
+        .await?
+        .and_then(|v| serde_json::from_slice(&v).ok()))
+}

@@ -186,6 +186,19 @@ fn demo_signs_a_user_in_and_the_session_commands_see_and_end_the_session() {
         .unwrap()
         .contains("insufficient_user_authentication"));
 
+    // The admin listener's session API wants the admin token from the keys directory.
+    for auth in ["", "Authorization: Bearer not-the-admin-token\r\n"] {
+        let r = get(demo.addr(9), "127.0.0.1", "/sessions", auth);
+        assert_eq!(r.status, 401, "{r:?}");
+        assert!(!r.body.contains("victor"), "{}", r.body);
+        let r = raw(
+            demo.addr(9),
+            &format!("POST /sessions/revoke HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: 12\r\nConnection: close\r\n\r\n{{\"all\":true}}"),
+        )
+        .unwrap();
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+
     // The admin sees the session and ends it; the cookie then counts for nothing.
     let out = demo.cli(&["session", "list"]);
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -3,6 +3,7 @@
 //! controls (ID token tampering, key rotation).
 
 use crate::common::idp::Idp;
+use crate::common::signin::Agent;
 use crate::common::*;
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -28,66 +29,27 @@ fn start() -> Idp {
 /// A cookie jar and the one-request helpers a browser would use against the provider.
 struct Browser<'a> {
     idp: &'a Idp,
-    /// (name, value, path)
-    cookies: Vec<(String, String, String)>,
+    agent: Agent,
 }
 
 impl<'a> Browser<'a> {
     fn new(idp: &'a Idp) -> Self {
         Browser {
             idp,
-            cookies: Vec::new(),
+            agent: Agent::new(),
         }
     }
 
+    /// One request to the provider with the jar's cookies (the shared test cookie jar).
     fn send(&mut self, method: &str, target: &str, form: Option<&[(&str, &str)]>) -> RawResponse {
-        let path = target.split('?').next().unwrap();
-        let cookie = self
-            .cookies
-            .iter()
-            .filter(|(_, _, p)| path.starts_with(p.as_str()))
-            .map(|(n, v, _)| format!("{n}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut headers = Vec::new();
-        if !cookie.is_empty() {
-            headers.push(("Cookie", cookie.as_str()));
-        }
         let body = form.map(form_encode);
-        if body.is_some() {
-            headers.push(("Content-Type", "application/x-www-form-urlencoded"));
-        }
-        let r = self.idp.request(method, target, &headers, body.as_deref());
-        for (k, v) in &r.headers {
-            if k.eq_ignore_ascii_case("set-cookie") {
-                self.store(v);
-            }
-        }
-        r
-    }
-
-    fn store(&mut self, set_cookie: &str) {
-        let mut parts = set_cookie.split(';').map(str::trim);
-        let Some((name, value)) = parts.next().and_then(|nv| nv.split_once('=')) else {
-            return;
+        let headers: &[(&str, &str)] = if body.is_some() {
+            &[("Content-Type", "application/x-www-form-urlencoded")]
+        } else {
+            &[]
         };
-        let mut path = "/".to_owned();
-        let mut expired = value.is_empty();
-        for attr in parts {
-            let (k, v) = attr.split_once('=').unwrap_or((attr, ""));
-            if k.eq_ignore_ascii_case("path") {
-                path = v.to_owned();
-            } else if (k.eq_ignore_ascii_case("expires") && v.contains("1970"))
-                || (k.eq_ignore_ascii_case("max-age") && v.trim() == "0")
-            {
-                expired = true;
-            }
-        }
-        self.cookies.retain(|(n, _, p)| !(n == name && *p == path));
-        if !expired {
-            self.cookies
-                .push((name.to_owned(), value.to_owned(), path.clone()));
-        }
+        self.agent
+            .request(method, &self.idp.url(target), headers, body.as_deref())
     }
 
     /// `Location` of a redirect, as a request target when it points at the provider.
@@ -455,7 +417,7 @@ fn a_signed_in_browser_is_signed_in_again_silently_unless_prompt_login() {
     submit(&mut b, &interaction, ("user", "dave"));
 
     // Cookie names of its own: the gateway under test shares the host `localhost`.
-    let names: Vec<&str> = b.cookies.iter().map(|(n, _, _)| n.as_str()).collect();
+    let names: Vec<&str> = b.agent.cookies.iter().map(|(n, _, _)| n.as_str()).collect();
     assert!(names.contains(&"idp_session"), "{names:?}");
     assert!(names.iter().all(|n| n.starts_with("idp_")), "{names:?}");
 

@@ -4,7 +4,7 @@ use super::{error_page, Browser};
 use crate::audit::AuditEvent;
 use crate::http::{cookies, error, ui, AppState, Peer};
 use crate::identity::oidc::{OidcError, PendingLogin};
-use crate::session::{hashed, random_token, SignedInUser};
+use crate::session::{hashed, put_json, random_token, take_json, SignedInUser};
 use crate::storage::UserRecord;
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -63,18 +63,16 @@ pub async fn login(
             );
         }
     };
-    let stored = serde_json::to_vec(&start.pending).unwrap_or_default();
-    if let Err(e) = b
-        .signin
-        .sessions
-        .put_once(
-            LOGIN_KIND,
-            &hashed(&start.state),
-            stored,
-            b.now,
-            b.now.saturating_add(LOGIN_TTL),
-        )
-        .await
+    let sessions = b.signin.sessions.as_ref();
+    if let Err(e) = put_json(
+        sessions,
+        LOGIN_KIND,
+        &start.state,
+        &start.pending,
+        b.now,
+        LOGIN_TTL,
+    )
+    .await
     {
         tracing::error!(error = %e, "cannot store the sign-in state");
         return error_page(
@@ -138,19 +136,8 @@ async fn hand_off(
         host: host.clone(),
         path,
     };
-    let stored = serde_json::to_vec(&record).unwrap_or_default();
-    if let Err(e) = b
-        .signin
-        .sessions
-        .put_once(
-            HANDOFF_KIND,
-            &hashed(&code),
-            stored,
-            b.now,
-            b.now.saturating_add(HANDOFF_TTL),
-        )
-        .await
-    {
+    let sessions = b.signin.sessions.as_ref();
+    if let Err(e) = put_json(sessions, HANDOFF_KIND, &code, &record, b.now, HANDOFF_TTL).await {
         tracing::error!(error = %e, "cannot store a session handoff");
         return error_page(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -185,13 +172,8 @@ pub async fn session_handoff(
         )
     };
     let record: Option<Handoff> = match q.get("code") {
-        Some(c) => match b
-            .signin
-            .sessions
-            .take_once(HANDOFF_KIND, &hashed(c), b.now)
-            .await
-        {
-            Ok(v) => v.and_then(|v| serde_json::from_slice(&v).ok()),
+        Some(c) => match take_json(b.signin.sessions.as_ref(), HANDOFF_KIND, c, b.now).await {
+            Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "session handoff lookup failed");
                 None
@@ -298,13 +280,8 @@ pub async fn callback(
 
     // The state names a sign-in this gateway started and has not finished yet.
     let pending: Option<PendingLogin> = match q.get("state") {
-        Some(s) => match b
-            .signin
-            .sessions
-            .take_once(LOGIN_KIND, &hashed(s), b.now)
-            .await
-        {
-            Ok(v) => v.and_then(|v| serde_json::from_slice(&v).ok()),
+        Some(s) => match take_json(b.signin.sessions.as_ref(), LOGIN_KIND, s, b.now).await {
+            Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "sign-in state lookup failed");
                 None
