@@ -215,6 +215,9 @@ fn runtime(e: impl Into<anyhow::Error>) -> Failure {
     Failure(1, e.into())
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
