@@ -387,7 +387,8 @@ fn passkey(cmd: PasskeyCmd) -> Result<ExitCode, Failure> {
                         ev.actor = Some(default_owner());
                         ev.actor_pseudonym = Some(p.user_subject.clone());
                         ev.detail =
-                            serde_json::json!({ "passkey": p.id, "name": p.name, "by": "admin" });
+                            serde_json::json!({ "passkey": p.id, "name": p.name, "by": "admin" })
+                                .into();
                         store.append_audit(&[ev]).await.map_err(runtime)?;
                         println!("removed passkey {} ({})", p.id, p.name);
                         Ok(ExitCode::SUCCESS)
@@ -809,7 +810,7 @@ fn token(cmd: TokenCmd) -> Result<ExitCode, Failure> {
                 Ok(Some(rec)) => {
                     let mut ev = twinward::audit::AuditEvent::new("token.revoke", "ok", now);
                     ev.actor = Some(default_owner());
-                    ev.detail = serde_json::json!({"token_id": rec.id, "service_account": rec.service_account});
+                    ev.detail = serde_json::json!({"token_id": rec.id, "service_account": rec.service_account}).into();
                     store.append_audit(&[ev]).await.map_err(runtime)?;
                     println!("revoked {} ({})", rec.id, rec.service_account);
                 }

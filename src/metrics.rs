@@ -1,5 +1,5 @@
-//! Prometheus metrics. Counters and histograms are plain atomics; label sets are resolved
-//! per route once, so the request path does no map lookups for them.
+//! Prometheus metrics. Counters and histograms are plain atomics; the request path finds
+//! its labelled series in a small per-worker cache instead of the families' locked maps.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,6 +24,8 @@ pub struct RouteLabel {
 }
 
 pub struct Metrics {
+    /// Tells apart the caches of several instances in one process (tests).
+    id: u64,
     registry: Registry,
     pub requests: Family<RouteStatus, Counter>,
     pub decisions: Family<Outcome, Counter>,
@@ -87,7 +89,9 @@ impl Metrics {
             "Storage operations that failed",
             store_errors.clone(),
         );
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Metrics {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             registry,
             requests,
             decisions,
@@ -99,6 +103,53 @@ impl Metrics {
         }
     }
 
+    /// Counts a response on `route` (its index and name) with `status`.
+    pub fn count_request(&self, route_index: usize, route: &str, status: u16) {
+        let key = (self.id, route_index, status);
+        let counter = REQUESTS.with(|c| c.borrow().get(&key).cloned());
+        let counter = counter.unwrap_or_else(|| {
+            let c = self
+                .requests
+                .get_or_create(&RouteStatus {
+                    route: route.to_owned(),
+                    status,
+                })
+                .clone();
+            REQUESTS.with(|m| bounded_insert(&mut m.borrow_mut(), key, c.clone()));
+            c
+        });
+        counter.inc();
+    }
+
+    /// Counts a decision by its outcome.
+    pub fn count_decision(&self, outcome: &'static str) {
+        let key = (self.id, outcome);
+        let counter = DECISIONS.with(|c| c.borrow().get(&key).cloned());
+        let counter = counter.unwrap_or_else(|| {
+            let c = self.decisions.get_or_create(&Outcome { outcome }).clone();
+            DECISIONS.with(|m| bounded_insert(&mut m.borrow_mut(), key, c.clone()));
+            c
+        });
+        counter.inc();
+    }
+
+    /// Records the time to an upstream's response headers on `route`.
+    pub fn observe_upstream(&self, route_index: usize, route: &str, seconds: f64) {
+        let key = (self.id, route_index);
+        let h = UPSTREAM.with(|c| c.borrow().get(&key).cloned());
+        let h = h.unwrap_or_else(|| {
+            let h = self
+                .upstream_seconds
+                .get_or_create(&RouteLabel {
+                    route: route.to_owned(),
+                })
+                .clone();
+            UPSTREAM.with(|m| bounded_insert(&mut m.borrow_mut(), key, h.clone()));
+            h
+        });
+        h.observe(seconds);
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -106,5 +157,55 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+type Cache<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+thread_local! {
+    static REQUESTS: std::cell::RefCell<Cache<(u64, usize, u16), Counter>> = Default::default();
+    static DECISIONS: std::cell::RefCell<Cache<(u64, &'static str), Counter>> = Default::default();
+    static UPSTREAM: std::cell::RefCell<Cache<(u64, usize), Histogram>> = Default::default();
+}
+
+/// Series handles are cheap to look up again, so a full cache is simply emptied.
+fn bounded_insert<K: std::hash::Hash + Eq, V>(m: &mut Cache<K, V>, k: K, v: V) {
+    if m.len() >= 4096 {
+        m.clear();
+    }
+    m.insert(k, v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_series_count_into_their_own_instance() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        for _ in 0..3 {
+            a.count_request(0, "r", 200);
+            a.count_decision("allow");
+        }
+        b.count_request(0, "r", 200);
+        a.observe_upstream(0, "r", 0.01);
+        let (ta, tb) = (a.encode(), b.encode());
+        assert!(
+            ta.contains(r#"twinward_requests_total{route="r",status="200"} 3"#),
+            "{ta}"
+        );
+        assert!(
+            ta.contains(r#"twinward_decisions_total{outcome="allow"} 3"#),
+            "{ta}"
+        );
+        assert!(
+            ta.contains(r#"twinward_upstream_duration_seconds_count{route="r"} 1"#),
+            "{ta}"
+        );
+        assert!(
+            tb.contains(r#"twinward_requests_total{route="r",status="200"} 1"#),
+            "{tb}"
+        );
     }
 }

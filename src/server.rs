@@ -123,7 +123,7 @@ async fn report_reload(gw: &Gateway, outcome: ReloadOutcome) {
                 .get_or_create(&Outcome { outcome: "loaded" })
                 .inc();
             let mut ev = AuditEvent::new("policy.reload", "ok", now);
-            ev.detail = serde_json::json!({ "generation": generation, "policies": policies, "files": file_hashes });
+            ev.detail = serde_json::json!({ "generation": generation, "policies": policies, "files": file_hashes }).into();
             gw.audit.record(ev).await;
         }
         ReloadOutcome::Rejected {
@@ -144,7 +144,8 @@ async fn report_reload(gw: &Gateway, outcome: ReloadOutcome) {
                 "problems": problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "files": file_hashes,
                 "in_force_generation": gw.engine.current().generation,
-            });
+            })
+            .into();
             gw.audit.record(ev).await;
         }
     }

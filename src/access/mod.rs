@@ -7,13 +7,13 @@ pub mod signin;
 pub mod startup;
 pub mod tokens;
 
-use crate::audit::{self, AuditEvent, AuditSink};
+use crate::audit::{self, AccessDetail, AuditEvent, AuditSink, Detail};
 use crate::clock::{Clock, Timestamp};
 use crate::config::Config;
 use crate::credentials::mint::MintError;
 use crate::credentials::{Credential, CredentialRequest, Minter};
 use crate::identity::pseudonym::Pseudonymizer;
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::Metrics;
 use crate::policy::context::{AuthContext, AuthMethod, RequestInfo, TimeContext};
 use crate::policy::engine::Principal;
 use crate::policy::{Action, Engine, RequestContext};
@@ -152,21 +152,20 @@ impl Gateway {
         let mut event = AuditEvent::with_id(decision_id.clone(), "access", "deny", now);
         event.route = Some(route.name.clone());
         event.action = Some(action.name().to_owned());
-        event.detail = serde_json::json!({
-            "method": req.method,
-            "path": req.path,
-            "client_ip": req.client_ip.to_string(),
-            "twin": route.twin,
-            "purpose": req.purpose,
-        });
+        event.detail = Detail::Access(Box::new(AccessDetail {
+            method: req.method.to_owned(),
+            path: req.path.to_owned(),
+            client_ip: req.client_ip,
+            twin: route.twin.clone(),
+            purpose: req.purpose.map(str::to_owned),
+            token_id: None,
+            session: None,
+            errors: Vec::new(),
+            reason: None,
+        }));
 
         let refuse = |event: AuditEvent, refusal: Refusal| async {
-            self.metrics
-                .decisions
-                .get_or_create(&Outcome {
-                    outcome: refusal_label(&refusal),
-                })
-                .inc();
+            self.metrics.count_decision(refusal_label(&refusal));
             self.audit.record(event).await;
             Err(Refused {
                 decision_id: decision_id.clone(),
@@ -183,14 +182,15 @@ impl Gateway {
         let principal = caller.principal();
 
         let loaded = self.engine.current();
-        let decision = loaded.decide(principal, action, &route.twin, &ctx);
+        let verdict = loaded.verdict(principal, action, &route.twin, &ctx);
+        let decision = &verdict.decision;
         self.metrics
             .decision_seconds
             .observe(started.elapsed().as_secs_f64());
         event.policies = decision.determining.clone();
         if !decision.errors.is_empty() {
-            if let Some(d) = event.detail.as_object_mut() {
-                d.insert("errors".into(), decision.errors.clone().into());
+            if let Some(d) = event.detail.access_mut() {
+                d.errors = decision.errors.clone();
             }
         }
         if !decision.allow {
@@ -238,18 +238,12 @@ impl Gateway {
             generation: decision.generation,
             not_after,
         };
-        // The credential's scope lists every action policy allows here now. Computed for
-        // every request (the decisions are memoized), so a cached credential is reused only
+        // The credential's scope lists every action policy allows here now. Known for every
+        // request (it is part of the memoized verdict), so a cached credential is reused only
         // while its scope is still exactly true: when a passkey check ages out, the next
         // request gets a credential without `write`.
-        let scope = Action::ALL
-            .iter()
-            .filter(|a| **a != Action::Admin)
-            .filter(|a| **a == action || loaded.decide(principal, **a, &route.twin, &ctx).allow)
-            .map(|a| a.name())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let (credential, minted) = match self.minter.get_or_mint(&creq, &scope, now) {
+        let scope = verdict.allowed.scope();
+        let (credential, minted) = match self.minter.get_or_mint(&creq, scope, now) {
             Ok(c) => c,
             Err(e) => {
                 let e: MintError = e;
@@ -266,19 +260,16 @@ impl Gateway {
             m.actor = event.actor.clone();
             m.actor_pseudonym = event.actor_pseudonym.clone();
             m.route = event.route.clone();
-            m.detail = serde_json::json!({
+            m.detail = Detail::Json(serde_json::json!({
                 "jti": credential.jti,
                 "kid": credential.kid,
                 "scope": credential.scope,
                 "expires_at": credential.expires_at.unix_secs(),
                 "decision_id": decision_id,
-            });
+            }));
             self.audit.record(m).await;
         }
-        self.metrics
-            .decisions
-            .get_or_create(&Outcome { outcome: "allow" })
-            .inc();
+        self.metrics.count_decision("allow");
         self.audit.record(event).await;
         Ok(Grant {
             decision_id,
@@ -309,9 +300,7 @@ impl Gateway {
                 Ok(Some(live)) => {
                     event.actor = Some(live.session.user.email.clone());
                     event.actor_pseudonym = Some(live.session.user.subject.clone());
-                    if let Some(d) = event.detail.as_object_mut() {
-                        d.insert("session".into(), live.session.key.short().into());
-                    }
+                    event.detail.set_session(live.session.key.short());
                     if !signin.second_factor_done(&live.session) {
                         set_reason(event, "passkey check not done");
                         return Err(Refusal::SecondFactorRequired);
@@ -360,9 +349,7 @@ impl Gateway {
             token.record.service_account.clone()
         });
         event.actor_pseudonym = Some(token.pseudonym.clone());
-        if let Some(d) = event.detail.as_object_mut() {
-            d.insert("token_id".into(), token.record.id.clone().into());
-        }
+        event.detail.set_token_id(&token.record.id);
         if !token.record.twins.is_empty() && !token.record.twins.iter().any(|t| t == twin) {
             let reason = format!("token is not scoped to twin {twin:?}");
             set_reason(event, &reason);
@@ -431,7 +418,9 @@ impl Gateway {
         let cfg = &route.config;
         let mut event = AuditEvent::with_id(decision_id.clone(), "token.exchange", "deny", now);
         event.route = Some(cfg.name.clone());
-        event.detail = serde_json::json!({ "client_ip": client_ip.to_string(), "twin": cfg.twin, "purpose": purpose });
+        event.detail =
+            serde_json::json!({ "client_ip": client_ip.to_string(), "twin": cfg.twin, "purpose": purpose })
+                .into();
         let token = match self
             .authenticate_token(bearer, &cfg.twin, now, &mut event)
             .await
@@ -519,9 +508,7 @@ impl Gateway {
 }
 
 fn set_reason(event: &mut AuditEvent, reason: &str) {
-    if let Some(d) = event.detail.as_object_mut() {
-        d.insert("reason".into(), reason.into());
-    }
+    event.detail.set_reason(reason);
 }
 
 fn refusal_label(r: &Refusal) -> &'static str {

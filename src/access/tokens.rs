@@ -227,6 +227,7 @@ pub async fn issue(
         "roles": record.roles,
         "twins": record.twins,
         "expires_at": record.expires_at,
-    });
+    })
+    .into();
     Ok((token.text, record, ev))
 }

@@ -28,7 +28,102 @@ pub struct AuditEvent {
     pub route: Option<String>,
     pub action: Option<String>,
     pub policies: Vec<String>,
-    pub detail: serde_json::Value,
+    pub detail: Detail,
+}
+
+/// What an event says beyond its fixed fields. Access decisions, one per proxied request,
+/// have a typed detail (no map to build on the request path); rarer events carry JSON.
+/// Both serialize to a JSON object, which is what is stored and hashed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Detail {
+    Json(serde_json::Value),
+    Access(Box<AccessDetail>),
+}
+
+impl Default for Detail {
+    fn default() -> Self {
+        Detail::Json(serde_json::Value::Object(Default::default()))
+    }
+}
+
+impl From<serde_json::Value> for Detail {
+    fn from(v: serde_json::Value) -> Self {
+        Detail::Json(v)
+    }
+}
+
+impl Detail {
+    /// Sets `reason` (why a request was refused or failed).
+    pub fn set_reason(&mut self, reason: &str) {
+        match self {
+            Detail::Access(a) => a.reason = Some(reason.to_owned()),
+            Detail::Json(v) => {
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("reason".into(), reason.into());
+                }
+            }
+        }
+    }
+
+    /// Notes the API token a request was made with.
+    pub fn set_token_id(&mut self, id: &str) {
+        match self {
+            Detail::Access(a) => a.token_id = Some(id.to_owned()),
+            Detail::Json(v) => {
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("token_id".into(), id.into());
+                }
+            }
+        }
+    }
+
+    /// Notes the session (its short form) a request was made in.
+    pub fn set_session(&mut self, short: &str) {
+        match self {
+            Detail::Access(a) => a.session = Some(short.to_owned()),
+            Detail::Json(v) => {
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("session".into(), short.into());
+                }
+            }
+        }
+    }
+
+    /// The access detail, when this is an access event.
+    pub fn access_mut(&mut self) -> Option<&mut AccessDetail> {
+        match self {
+            Detail::Access(a) => Some(a),
+            Detail::Json(_) => None,
+        }
+    }
+
+    /// The JSON object of a non-access event.
+    pub fn as_object_mut(&mut self) -> Option<&mut serde_json::Map<String, serde_json::Value>> {
+        match self {
+            Detail::Json(v) => v.as_object_mut(),
+            Detail::Access(_) => None,
+        }
+    }
+}
+
+/// The detail of an access decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessDetail {
+    pub method: String,
+    pub path: String,
+    /// Serialized as text ("192.0.2.1"), like every address in the audit log.
+    pub client_ip: std::net::IpAddr,
+    pub twin: String,
+    pub purpose: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl AuditEvent {
@@ -53,7 +148,7 @@ impl AuditEvent {
             route: None,
             action: None,
             policies: Vec::new(),
-            detail: serde_json::Value::Object(Default::default()),
+            detail: Detail::default(),
         }
     }
 }
@@ -82,7 +177,7 @@ pub struct PreparedEvent<'a> {
 impl AuditEvent {
     /// The detail as JSON text (object keys sorted, as serde_json writes a `Value`).
     pub fn detail_json(&self) -> Box<serde_json::value::RawValue> {
-        let text = self.detail.to_string();
+        let text = serde_json::to_string(&self.detail).unwrap_or_else(|_| "{}".to_owned());
         serde_json::value::RawValue::from_string(text)
             .unwrap_or_else(|_| Box::<serde_json::value::RawValue>::default())
     }
@@ -140,7 +235,7 @@ impl From<&AuditEvent> for OwnedEvent {
             route: e.route.clone(),
             action: e.action.clone(),
             policies: e.policies.clone(),
-            detail: e.detail.clone(),
+            detail: serde_json::to_value(&e.detail).unwrap_or_default(),
         }
     }
 }
@@ -156,12 +251,42 @@ mod tests {
         e.actor = Some("ci \"runner\"".into());
         e.route = Some("plant-7".into());
         e.policies = vec!["b".into(), "a".into()];
-        e.detail = serde_json::json!({ "z": 1, "a": { "y": [1, "ü"], "b": null }, "m": "x\ny" });
+        e.detail =
+            serde_json::json!({ "z": 1, "a": { "y": [1, "ü"], "b": null }, "m": "x\ny" }).into();
         let detail = e.detail_json();
         let h = hash_event("prev", 7, &e.prepared(&detail));
         assert_eq!(h, hash_event("prev", 7, &e));
         assert_eq!(h, hash_event("prev", 7, &OwnedEvent::from(&e)));
         let stored: serde_json::Value = serde_json::from_str(detail.get()).unwrap();
-        assert_eq!(stored, e.detail);
+        assert_eq!(Detail::from(stored), e.detail);
+    }
+
+    #[test]
+    fn a_typed_access_detail_hashes_like_its_stored_form() {
+        let mut e = AuditEvent::new("access", "deny", Timestamp::from_unix_secs(1_000));
+        e.detail = Detail::Access(Box::new(AccessDetail {
+            method: "GET".into(),
+            path: "/plant-7/\"q\"".into(),
+            client_ip: "2001:db8::1".parse().unwrap(),
+            twin: "plant-7".into(),
+            purpose: None,
+            token_id: Some("tok".into()),
+            session: None,
+            errors: vec!["e".into()],
+            reason: None,
+        }));
+        e.detail.set_reason("denied by policy");
+        let detail = e.detail_json();
+        let read_back: serde_json::Value = serde_json::from_str(detail.get()).unwrap();
+        assert_eq!(read_back["client_ip"], "2001:db8::1");
+        assert_eq!(read_back["purpose"], serde_json::Value::Null);
+        assert_eq!(read_back["reason"], "denied by policy");
+        assert!(read_back.get("session").is_none());
+        let owned = OwnedEvent::from(&e);
+        assert_eq!(owned.detail, read_back);
+        assert_eq!(
+            hash_event("prev", 3, &e.prepared(&detail)),
+            hash_event("prev", 3, &owned)
+        );
     }
 }

@@ -35,6 +35,9 @@ pub struct CredentialRequest<'a> {
 #[derive(Debug, Clone)]
 pub struct Credential {
     pub token: Arc<str>,
+    /// The token as a header value, built once: every request the credential is reused
+    /// for attaches it by reference. `None` only if the token were not a valid header value.
+    pub header: Option<http::HeaderValue>,
     pub jti: String,
     pub kid: String,
     pub issued_at: Timestamp,
@@ -184,6 +187,7 @@ impl Minter {
         token.push('.');
         token.push_str(&signature);
         Ok(Credential {
+            header: http::HeaderValue::from_str(&token).ok(),
             token: token.into(),
             jti,
             kid: key.kid.clone(),

@@ -108,7 +108,7 @@ async fn revoke(
             for s in &gone {
                 let mut ev = crate::audit::AuditEvent::new("session.revoke", "ok", gw.now());
                 ev.actor = Some("admin".to_owned());
-                ev.detail = serde_json::json!({ "session": s.key.short(), "user": s.user.email, "subject": s.user.subject, "by": "admin" });
+                ev.detail = serde_json::json!({ "session": s.key.short(), "user": s.user.email, "subject": s.user.subject, "by": "admin" }).into();
                 gw.audit.record(ev).await;
             }
             json(

@@ -10,6 +10,7 @@ pub mod endpoints;
 pub mod error;
 pub mod proxy;
 pub mod ui;
+pub mod upstream;
 
 use crate::access::Gateway;
 use crate::routing::path;
@@ -33,7 +34,7 @@ pub struct Peer(pub SocketAddr);
 #[derive(Clone)]
 pub struct AppState {
     pub gateway: Arc<Gateway>,
-    pub upstreams: Arc<proxy::Upstreams>,
+    pub upstreams: Arc<upstream::Upstreams>,
 }
 
 pub const RESERVED_PREFIX: &str = "/.twinward/";
@@ -232,7 +233,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let upstreams = Arc::new(proxy::Upstreams::new(gateway.routes.routes()));
+    let upstreams = Arc::new(upstream::Upstreams::new(gateway.routes.routes()));
     let state = AppState { gateway, upstreams };
     let router = gateway_router(state.clone());
     let builder = auto::Builder::new(TokioExecutor::new());

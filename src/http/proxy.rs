@@ -8,52 +8,37 @@
 use super::error;
 use super::AppState;
 use crate::access::AccessRequest;
-use crate::metrics::{RouteLabel, RouteStatus};
 use crate::routing::path::NormalizedPath;
 use crate::routing::Route;
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 pub const ASSERTION_HEADER: &str = "x-twinward-assertion";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const ASSERTION: HeaderName = HeaderName::from_static(ASSERTION_HEADER);
+
+/// Forwarding and forward-auth headers a client may send; the gateway sets its own.
+const INBOUND_FORWARDING: [HeaderName; 9] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-method"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-original-method"),
+    HeaderName::from_static("x-real-ip"),
+    header::FORWARDED,
+];
 pub const PURPOSE_HEADER: &str = "x-twinward-purpose";
 pub use super::cookies::GATEWAY_COOKIES;
-
-/// One pooled client per route (each route has its own timeouts and protocol).
-pub struct Upstreams {
-    clients: Vec<Client<HttpConnector, UploadBody>>,
-}
-
-impl Upstreams {
-    pub fn new(routes: &[Arc<Route>]) -> Self {
-        let clients = routes
-            .iter()
-            .map(|r| {
-                let mut c = HttpConnector::new();
-                c.set_connect_timeout(Some(r.config.connect_timeout));
-                c.set_nodelay(true);
-                c.enforce_http(true);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(std::time::Duration::from_secs(90))
-                    .pool_max_idle_per_host(1024)
-                    .http2_only(r.config.http2)
-                    .build(c)
-            })
-            .collect();
-        Upstreams { clients }
-    }
-
-    fn client(&self, route: &Route) -> Option<&Client<HttpConnector, UploadBody>> {
-        self.clients.get(route.index)
-    }
-}
 
 /// The request body on its way upstream, which says when it has been sent completely.
 pub struct UploadBody {
@@ -62,7 +47,7 @@ pub struct UploadBody {
 }
 
 impl UploadBody {
-    fn new(inner: Incoming) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+    pub(super) fn new(inner: Incoming) -> (Self, tokio::sync::oneshot::Receiver<()>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut b = UploadBody {
             inner,
@@ -254,6 +239,43 @@ pub fn strip_client_credentials(headers: &mut HeaderMap) {
     }
 }
 
+/// The target sent upstream: the path policy decided on (and the query as sent), origin-form
+/// for HTTP/1.1, absolute for HTTP/2. `None` if the request's own target is not that path,
+/// which normalization guarantees it is.
+fn upstream_target(
+    upstreams: &super::upstream::Upstreams,
+    route: &Route,
+    target: &Uri,
+    path: &NormalizedPath,
+) -> Option<Uri> {
+    if target.path() != path.as_str() {
+        return None;
+    }
+    if upstreams.is_http2(route) {
+        let uri = match target.query() {
+            Some(q) => format!(
+                "http://{}{}?{}",
+                route.config.upstream.authority,
+                path.as_str(),
+                q
+            ),
+            None => format!(
+                "http://{}{}",
+                route.config.upstream.authority,
+                path.as_str()
+            ),
+        };
+        return uri.parse().ok();
+    }
+    if target.scheme().is_none() && target.authority().is_none() {
+        return Some(target.clone());
+    }
+    let pq = target.path_and_query()?.clone();
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).ok()
+}
+
 pub async fn handle(
     state: AppState,
     peer: SocketAddr,
@@ -307,19 +329,14 @@ pub async fn handle(
                 host.as_deref(),
                 req,
                 &path,
-                &grant.credential.token,
+                &grant.credential,
                 &grant.decision_id,
             )
             .await
         }
     };
     gw.metrics
-        .requests
-        .get_or_create(&RouteStatus {
-            route: route.config.name.clone(),
-            status: resp.status().as_u16(),
-        })
-        .inc();
+        .count_request(route.index, &route.config.name, resp.status().as_u16());
     resp
 }
 
@@ -332,7 +349,7 @@ async fn forward(
     host: Option<&str>,
     mut req: Request<Incoming>,
     path: &NormalizedPath,
-    credential: &str,
+    credential: &crate::credentials::Credential,
     decision_id: &str,
 ) -> Response<Body> {
     let gw = &state.gateway;
@@ -348,21 +365,8 @@ async fn forward(
             html,
         );
     }
-    let Some(client) = state.upstreams.client(route) else {
-        return error::problem(
-            StatusCode::BAD_GATEWAY,
-            "Bad Gateway",
-            "no upstream client for this route",
-            Some(decision_id),
-            html,
-        );
-    };
     let peer_trusted = gw.network.is_trusted(peer.ip());
-    let uri = match req.uri().query() {
-        Some(q) => format!("http://{}{}?{}", cfg.upstream.authority, path.as_str(), q),
-        None => format!("http://{}{}", cfg.upstream.authority, path.as_str()),
-    };
-    let Ok(uri) = uri.parse::<Uri>() else {
+    let Some(uri) = upstream_target(&state.upstreams, route, req.uri(), path) else {
         return error::problem(
             StatusCode::BAD_REQUEST,
             "Bad Request",
@@ -377,55 +381,46 @@ async fn forward(
         None
     };
     let (mut parts, body) = req.into_parts();
-    let scheme = if peer_trusted {
-        parts
+    let scheme = if peer_trusted
+        && parts
             .headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
-            .filter(|p| *p == "https" || *p == "http")
-            .unwrap_or("http")
-            .to_owned()
+            .get(X_FORWARDED_PROTO)
+            .is_some_and(|v| v.as_bytes() == b"https")
+    {
+        HeaderValue::from_static("https")
     } else {
-        "http".to_owned()
+        HeaderValue::from_static("http")
     };
     let prior_xff = if peer_trusted {
-        joined(&parts.headers, "x-forwarded-for")
+        joined(&parts.headers, X_FORWARDED_FOR)
     } else {
         None
     };
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, websocket);
     strip_client_credentials(headers);
-    for h in [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-forwarded-method",
-        "x-forwarded-uri",
-        "x-original-url",
-        "x-original-method",
-        "x-real-ip",
-    ] {
-        headers.remove(h);
+    // Most requests carry none of these: one pass over the names instead of a removal
+    // (hash and probe) per name.
+    if headers.keys().any(|k| INBOUND_FORWARDING.contains(k)) {
+        for h in &INBOUND_FORWARDING {
+            headers.remove(h);
+        }
     }
-    headers.remove(header::FORWARDED);
     let xff = match prior_xff {
         Some(p) => format!("{p}, {}", peer.ip()),
         None => client_ip.to_string(),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&scheme) {
-        headers.insert("x-forwarded-proto", v);
-    }
+    headers.insert(X_FORWARDED_PROTO, scheme);
     if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert("x-forwarded-host", h);
+        headers.insert(X_FORWARDED_HOST, h);
     }
-    if let Ok(v) = HeaderValue::from_str(&cfg.upstream.authority) {
-        headers.insert(header::HOST, v);
+    if let Some(h) = &route.upstream_host {
+        headers.insert(header::HOST, h.clone());
     }
-    let Ok(cred) = HeaderValue::from_str(credential) else {
+    let Some(cred) = credential.header.clone() else {
         return error::problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Internal Server Error",
@@ -435,11 +430,11 @@ async fn forward(
         );
     };
     if cfg.credential_as_bearer {
-        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {credential}")) {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", credential.token)) {
             headers.insert(header::AUTHORIZATION, v);
         }
     }
-    headers.insert(ASSERTION_HEADER, cred);
+    headers.insert(ASSERTION, cred);
     parts.uri = uri;
     parts.version = if cfg.http2 {
         Version::HTTP_2
@@ -452,7 +447,7 @@ async fn forward(
     let started = Instant::now();
     // The route timeout runs from the end of the request body to the response headers, so
     // a long upload to a working twin is not cut off.
-    let response = client.request(up_req);
+    let response = state.upstreams.send(route, up_req);
     tokio::pin!(response);
     let result = tokio::select! {
         r = &mut response => Ok(r),
@@ -462,11 +457,7 @@ async fn forward(
         } => Err(()),
     };
     gw.metrics
-        .upstream_seconds
-        .get_or_create(&RouteLabel {
-            route: cfg.name.clone(),
-        })
-        .observe(started.elapsed().as_secs_f64());
+        .observe_upstream(route.index, &cfg.name, started.elapsed().as_secs_f64());
     let mut resp = match result {
         Err(_) => {
             tracing::warn!(route = %cfg.name, decision_id, "upstream timed out");

@@ -17,6 +17,9 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+/// Maps looked up on every request (keys from config and verified principals).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The outcome of one authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -27,6 +30,40 @@ pub struct Decision {
     pub errors: Vec<String>,
     /// Which policy set decided.
     pub generation: u64,
+}
+
+/// A decision and, under the same inputs, every action policy allows on the same twin:
+/// what a twin credential's `scope` lists. Memoized per worker as one unit, so a request
+/// costs one memo lookup for both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub allowed: ActionSet,
+}
+
+/// A set of [`Action`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct ActionSet(u8);
+
+impl ActionSet {
+    pub fn contains(self, a: Action) -> bool {
+        self.0 & (1 << a as u8) != 0
+    }
+
+    pub fn insert(&mut self, a: Action) {
+        self.0 |= 1 << a as u8;
+    }
+
+    /// The credential scope: the allowed actions a twin acts on (`admin` is the gateway's
+    /// own and never listed), space-separated in [`Action::ALL`] order.
+    pub fn scope(self) -> &'static str {
+        match (self.contains(Action::Read), self.contains(Action::Write)) {
+            (true, true) => "read write",
+            (true, false) => "read",
+            (false, true) => "write",
+            (false, false) => "",
+        }
+    }
 }
 
 /// A twin as routes describe it.
@@ -153,13 +190,13 @@ pub struct Loaded {
     memo_id: u64,
     /// Entities every decision sees: roles, twins and their ancestors, actions.
     base_entities: Entities,
-    twins: HashMap<String, TwinEntry>,
+    twins: FastMap<String, TwinEntry>,
     roles: HashSet<String>,
     action_uids: [EntityUid; 3],
     principal_types: [EntityTypeName; 2],
     /// Per principal: entities and slices, built once per principal and generation instead
     /// of on every request.
-    principals: RwLock<HashMap<Arc<str>, Arc<PrincipalView>>>,
+    principals: RwLock<FastMap<Arc<str>, Arc<PrincipalView>>>,
 }
 
 struct TwinEntry {
@@ -175,7 +212,15 @@ struct PrincipalView {
     entities: Arc<Entities>,
     uid: EntityUid,
     ancestors: HashSet<EntityUid>,
-    slices: RwLock<HashMap<(usize, Action), Arc<Slice>>>,
+    slices: RwLock<FastMap<(usize, Action), Arc<Slice>>>,
+    /// Per twin: the slices of every action and the context fields any of them reads.
+    twin_slices: RwLock<FastMap<usize, Arc<TwinSlices>>>,
+}
+
+/// The slices of all actions on one twin for one principal.
+struct TwinSlices {
+    by_action: [Arc<Slice>; 3],
+    paths: memo::ContextPaths,
 }
 
 /// The policies that can apply to one principal, twin and action, and the context fields
@@ -351,11 +396,11 @@ impl Loaded {
             context_paths,
             memo_id: memo::next_id(),
             base_entities,
-            twins: HashMap::new(),
+            twins: FastMap::default(),
             roles,
             action_uids,
             principal_types: [user_t, sa_t],
-            principals: RwLock::new(HashMap::new()),
+            principals: RwLock::new(FastMap::default()),
         };
         let twin_uids: Vec<EntityUid> = loaded
             .base_entities
@@ -422,7 +467,73 @@ impl Loaded {
         twin: &str,
         ctx: &RequestContext,
     ) -> Decision {
-        self.decide_sliced(principal, action, twin, ctx, true)
+        self.verdict(principal, action, twin, ctx).decision.clone()
+    }
+
+    /// The decision for `action` and the set of all actions allowed under the same inputs,
+    /// memoized per worker thread under exactly the context fields the twin's slices read.
+    pub fn verdict(
+        &self,
+        principal: &Principal,
+        action: Action,
+        twin: &str,
+        ctx: &RequestContext,
+    ) -> Arc<Verdict> {
+        let denied = |d: Decision| {
+            Arc::new(Verdict {
+                decision: d,
+                allowed: ActionSet::default(),
+            })
+        };
+        let Some(entry) = self.twins.get(twin) else {
+            return denied(self.deny_with(format!("unknown twin {twin:?}")));
+        };
+        let view = match self.view_for(principal) {
+            Ok(v) => v,
+            Err(e) => return denied(self.deny_with(e)),
+        };
+        let slices = self.twin_slices(&view, principal.kind, entry);
+        let compute = || {
+            let mut allowed = ActionSet::default();
+            let mut decision = None;
+            for a in Action::ALL {
+                let d = match ctx.to_cedar_fast() {
+                    Ok(context) => self.evaluate(
+                        &view,
+                        a,
+                        entry.uid.clone(),
+                        context,
+                        &slices.by_action[a as usize].set,
+                    ),
+                    Err(e) => self.deny_with(format!("context: {e}")),
+                };
+                if d.allow {
+                    allowed.insert(a);
+                }
+                if a == action {
+                    decision = Some(d);
+                }
+            }
+            Arc::new(Verdict {
+                decision: decision.unwrap_or_else(|| self.deny_with("no such action".into())),
+                allowed,
+            })
+        };
+        let Some(paths) = slices.paths.as_ref() else {
+            return compute();
+        };
+        let mut rendered = String::new();
+        if !ctx.render(paths, &mut rendered) {
+            return compute();
+        }
+        let key = memo::MemoKey {
+            policy_set: self.memo_id,
+            principal: principal.key.clone(),
+            twin: entry.index,
+            action,
+            context: rendered,
+        };
+        memo::verdict(key, compute)
     }
 
     /// [`Self::decide`] without the memo: every call evaluates the slice (benchmarks).
@@ -433,7 +544,7 @@ impl Loaded {
         twin: &str,
         ctx: &RequestContext,
     ) -> Decision {
-        self.decide_sliced(principal, action, twin, ctx, false)
+        self.decide_sliced(principal, action, twin, ctx)
     }
 
     fn decide_sliced(
@@ -442,7 +553,6 @@ impl Loaded {
         action: Action,
         twin: &str,
         ctx: &RequestContext,
-        memoize: bool,
     ) -> Decision {
         let Some(entry) = self.twins.get(twin) else {
             return self.deny_with(format!("unknown twin {twin:?}"));
@@ -452,25 +562,31 @@ impl Loaded {
             Err(e) => return self.deny_with(e),
         };
         let slice = self.principal_slice(&view, principal.kind, entry, action);
-        let evaluate = || match ctx.to_cedar_fast() {
+        match ctx.to_cedar_fast() {
             Ok(context) => self.evaluate(&view, action, entry.uid.clone(), context, &slice.set),
             Err(e) => self.deny_with(format!("context: {e}")),
-        };
-        let Some(paths) = slice.paths.as_ref().filter(|_| memoize) else {
-            return evaluate();
-        };
-        let mut rendered = String::new();
-        if !ctx.render(paths, &mut rendered) {
-            return evaluate();
         }
-        let key = memo::MemoKey {
-            policy_set: self.memo_id,
-            principal: principal.key.clone(),
-            twin: entry.index,
-            action,
-            context: rendered,
-        };
-        memo::decide(key, evaluate)
+    }
+
+    /// Every action's slice for this principal and twin, cut once and kept with the view.
+    fn twin_slices(
+        &self,
+        view: &PrincipalView,
+        kind: PrincipalKind,
+        entry: &TwinEntry,
+    ) -> Arc<TwinSlices> {
+        if let Ok(cache) = view.twin_slices.read() {
+            if let Some(t) = cache.get(&entry.index) {
+                return t.clone();
+            }
+        }
+        let by_action = Action::ALL.map(|a| self.principal_slice(view, kind, entry, a));
+        let paths = memo::union(by_action.iter().map(|s| &s.paths));
+        let t = Arc::new(TwinSlices { by_action, paths });
+        if let Ok(mut cache) = view.twin_slices.write() {
+            cache.insert(entry.index, t.clone());
+        }
+        t
     }
 
     /// The twin, the principal's view and the Cedar context of a request, or the deny that
@@ -615,7 +731,8 @@ impl Loaded {
             entities: Arc::new(entities),
             uid,
             ancestors,
-            slices: RwLock::new(HashMap::new()),
+            slices: RwLock::new(FastMap::default()),
+            twin_slices: RwLock::new(FastMap::default()),
         });
         if let Ok(mut cache) = self.principals.write() {
             if cache.len() >= MAX_CACHED_PRINCIPALS {

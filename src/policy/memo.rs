@@ -7,7 +7,7 @@
 //! INVARIANT: the memo key holds every input a decision can depend on; the slicing property
 //! test compares memoized decisions with unsliced, unmemoized ones.
 
-use super::engine::Decision;
+use super::engine::Verdict;
 use super::Action;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -38,24 +38,26 @@ pub fn next_id() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+type Memo = HashMap<MemoKey, Arc<Verdict>, foldhash::fast::RandomState>;
+
 thread_local! {
-    static MEMO: RefCell<HashMap<MemoKey, Decision>> = RefCell::new(HashMap::new());
+    static MEMO: RefCell<Memo> = RefCell::new(Memo::default());
 }
 
-/// The decision for `key`, computed once per thread while the key repeats.
-pub fn decide(key: MemoKey, compute: impl FnOnce() -> Decision) -> Decision {
-    if let Some(d) = MEMO.with(|m| m.borrow().get(&key).cloned()) {
-        return d;
+/// The verdict for `key`, computed once per thread while the key repeats.
+pub fn verdict(key: MemoKey, compute: impl FnOnce() -> Arc<Verdict>) -> Arc<Verdict> {
+    if let Some(v) = MEMO.with(|m| m.borrow().get(&key).cloned()) {
+        return v;
     }
-    let d = compute();
+    let v = compute();
     MEMO.with(|m| {
         let mut m = m.borrow_mut();
         if m.len() >= MAX_ENTRIES {
             m.clear();
         }
-        m.insert(key, d.clone());
+        m.insert(key, v.clone());
     });
-    d
+    v
 }
 
 /// The context paths one policy reads.

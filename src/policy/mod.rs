@@ -16,7 +16,7 @@ pub mod slice;
 pub mod testcases;
 
 pub use context::RequestContext;
-pub use engine::{Decision, Engine};
+pub use engine::{ActionSet, Decision, Engine, Verdict};
 
 use std::fmt;
 

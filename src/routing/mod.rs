@@ -14,6 +14,8 @@ use std::sync::Arc;
 pub struct Route {
     pub index: usize,
     pub config: RouteConfig,
+    /// The upstream's authority as the `Host` header sent to it (built once).
+    pub upstream_host: Option<http::HeaderValue>,
 }
 
 /// Routes grouped by host, each group sorted longest prefix first.
@@ -30,6 +32,7 @@ impl RouteTable {
         for (index, config) in configs.iter().enumerate() {
             let route = Arc::new(Route {
                 index,
+                upstream_host: http::HeaderValue::from_str(&config.upstream.authority).ok(),
                 config: config.clone(),
             });
             match &config.host {

@@ -708,6 +708,20 @@ fn check_case(
                 .collect::<String>()
         );
         prop_assert_eq!(sliced.generation, unsliced.generation);
+        // The memoized verdict's action set is what each action decides unsliced: it is
+        // the credential's scope.
+        let verdict = loaded.verdict(&principal, r.action(), r.twin(), &ctx);
+        prop_assert_eq!(outcome(&verdict.decision), outcome(&unsliced));
+        for a in Action::ALL {
+            let want = loaded.decide_unsliced(&principal, a, r.twin(), &ctx).allow;
+            prop_assert_eq!(
+                verdict.allowed.contains(a),
+                want,
+                "allowed set wrong for {:?} on {:?}",
+                a,
+                r
+            );
+        }
         {
             let mut t = tally.borrow_mut();
             t.requests += 1;

@@ -219,7 +219,7 @@ pub async fn session_handoff(
     let mut ev = AuditEvent::new("session.handoff", "ok", b.now);
     ev.actor = Some(branch.user.email.clone());
     ev.actor_pseudonym = Some(branch.user.subject.clone());
-    ev.detail = serde_json::json!({ "host": record.host, "from": source.key.short(), "session": branch.key.short() });
+    ev.detail = serde_json::json!({ "host": record.host, "from": source.key.short(), "session": branch.key.short() }).into();
     b.gw.audit.record(ev).await;
     let mut resp = error::redirect(&record.path);
     resp.headers_mut().append(
@@ -255,7 +255,7 @@ pub async fn callback(
     };
     let client_ip = crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers).to_string();
     let mut ev = AuditEvent::new("signin", "fail", b.now);
-    ev.detail = serde_json::json!({ "client_ip": client_ip });
+    ev.detail = serde_json::json!({ "client_ip": client_ip }).into();
     let fail = |mut ev: AuditEvent,
                 reason: String,
                 status: StatusCode,
@@ -433,7 +433,8 @@ pub async fn callback(
         "roles": identity.roles,
         "amr": identity.amr,
         "session": session.key.short(),
-    });
+    })
+    .into();
     b.gw.audit.record(ev).await;
 
     let next = if b.signin.cfg.webauthn.required {
@@ -478,7 +479,7 @@ pub async fn logout(
         let mut ev = AuditEvent::new("signout", "ok", b.now);
         ev.actor = Some(live.session.user.email.clone());
         ev.actor_pseudonym = Some(live.session.user.subject.clone());
-        ev.detail = serde_json::json!({ "session": live.session.key.short() });
+        ev.detail = serde_json::json!({ "session": live.session.key.short() }).into();
         b.gw.audit.record(ev).await;
     }
     let mut resp = ui::render(

@@ -122,7 +122,7 @@ async fn audit(
     let mut ev = AuditEvent::new(kind, outcome, b.now);
     ev.actor = Some(live.session.user.email.clone());
     ev.actor_pseudonym = Some(live.session.user.subject.clone());
-    ev.detail = detail;
+    ev.detail = detail.into();
     b.gw.audit.record(ev).await;
 }
 

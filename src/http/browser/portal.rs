@@ -254,7 +254,7 @@ async fn revoke_own_token(b: &Browser, live: &LiveSession, id: &str) -> Result<(
     let mut ev = AuditEvent::new("token.revoke", "ok", b.now);
     ev.actor = Some(s.user.email.clone());
     ev.actor_pseudonym = Some(s.user.subject.clone());
-    ev.detail = serde_json::json!({ "token_id": id });
+    ev.detail = serde_json::json!({ "token_id": id }).into();
     b.gw.audit.record(ev).await;
     Ok(())
 }
@@ -527,7 +527,7 @@ pub async fn form_passkey_delete(
             let mut ev = AuditEvent::new("mfa.remove", "ok", b.now);
             ev.actor = Some(s.user.email.clone());
             ev.actor_pseudonym = Some(s.user.subject.clone());
-            ev.detail = serde_json::json!({ "passkey": id });
+            ev.detail = serde_json::json!({ "passkey": id }).into();
             b.gw.audit.record(ev).await;
             "Passkey removed."
         }
@@ -567,7 +567,7 @@ pub async fn form_session_revoke(
             let mut ev = AuditEvent::new("session.revoke", "ok", b.now);
             ev.actor = Some(s.user.email.clone());
             ev.actor_pseudonym = Some(s.user.subject.clone());
-            ev.detail = serde_json::json!({ "session": t.key.short(), "by": "user" });
+            ev.detail = serde_json::json!({ "session": t.key.short(), "by": "user" }).into();
             b.gw.audit.record(ev).await;
             if t.key == s.key {
                 return error::redirect("/.twinward/");

@@ -1,0 +1,277 @@
+//! Connections to twin services.
+//!
+//! HTTP/1.1 upstreams: every worker keeps its own idle connections per route, so no pool is
+//! shared between cores and its lock is never contended. A connection goes back to the pool
+//! only once its response body has been read to the end (a connection whose body was
+//! abandoned is closed, never reused mid-message). A request that a pooled connection could
+//! not send, because the twin had closed it meanwhile, is sent again on a new connection:
+//! nothing of it reached the twin.
+//!
+//! HTTP/2 upstreams (prior knowledge) multiplex over one connection and use hyper's pooled
+//! client.
+
+use super::proxy::UploadBody;
+use crate::routing::Route;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// How long an idle connection is kept before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per route and worker; more are closed when they come back.
+const MAX_IDLE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("connecting to {authority} took longer than {timeout:?}")]
+    ConnectTimeout {
+        authority: String,
+        timeout: Duration,
+    },
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error(transparent)]
+    Pooled(#[from] hyper_util::client::legacy::Error),
+    #[error("no upstream is configured for this route")]
+    NoRoute,
+}
+
+/// One worker's clients, indexed like the routes.
+pub struct Upstreams {
+    routes: Vec<RouteClient>,
+}
+
+enum RouteClient {
+    Http1(Arc<Http1Pool>),
+    Http2(Box<Client<HttpConnector, UploadBody>>),
+}
+
+impl Upstreams {
+    pub fn new(routes: &[Arc<Route>]) -> Self {
+        let routes = routes
+            .iter()
+            .map(|r| {
+                let cfg = &r.config;
+                if cfg.http2 {
+                    let mut c = HttpConnector::new();
+                    c.set_connect_timeout(Some(cfg.connect_timeout));
+                    c.set_nodelay(true);
+                    c.enforce_http(true);
+                    RouteClient::Http2(Box::new(
+                        Client::builder(TokioExecutor::new())
+                            .pool_idle_timeout(IDLE_TIMEOUT)
+                            .http2_only(true)
+                            .build(c),
+                    ))
+                } else {
+                    RouteClient::Http1(Arc::new(Http1Pool {
+                        authority: cfg.upstream.authority.clone(),
+                        connect_timeout: cfg.connect_timeout,
+                        idle: Mutex::new(Vec::new()),
+                    }))
+                }
+            })
+            .collect();
+        Upstreams { routes }
+    }
+
+    /// Whether `route` talks HTTP/2 to its upstream (its requests then need an absolute URI).
+    pub fn is_http2(&self, route: &Route) -> bool {
+        matches!(self.routes.get(route.index), Some(RouteClient::Http2(_)))
+    }
+
+    /// Sends `req` (origin-form target for HTTP/1.1, absolute for HTTP/2) to the route's
+    /// upstream and returns its response head; the body streams as the caller reads it.
+    pub async fn send(
+        &self,
+        route: &Route,
+        req: Request<UploadBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match self.routes.get(route.index) {
+            Some(RouteClient::Http1(pool)) => pool.send(req).await,
+            Some(RouteClient::Http2(client)) => {
+                Ok(client.request(req).await?.map(|b| UpstreamBody {
+                    inner: b,
+                    back: None,
+                }))
+            }
+            None => Err(UpstreamError::NoRoute),
+        }
+    }
+}
+
+/// One route's idle HTTP/1.1 connections in one worker.
+pub struct Http1Pool {
+    authority: String,
+    connect_timeout: Duration,
+    /// Most recently used last: reuse takes the warmest connection, expiry looks at the front.
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<UploadBody>,
+    since: Instant,
+}
+
+impl Http1Pool {
+    async fn send(
+        self: &Arc<Self>,
+        mut req: Request<UploadBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        loop {
+            let (mut sender, fresh) = match self.checkout() {
+                Some(s) => (s, false),
+                None => (self.connect().await?, true),
+            };
+            if let Err(e) = sender.ready().await {
+                if fresh {
+                    return Err(e.into());
+                }
+                continue; // the twin closed this idle connection; try another
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.track(resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Not a byte of it was written: safe to send again on another connection.
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    fn checkout(&self) -> Option<SendRequest<UploadBody>> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(i) = idle.pop() {
+            if !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
+                return Some(i.sender);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, sender: SendRequest<UploadBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let expired = idle
+            .iter()
+            .take_while(|i| i.since.elapsed() >= IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UploadBody>, UpstreamError> {
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(self.authority.as_str()),
+        )
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout {
+            authority: self.authority.clone(),
+            timeout: self.connect_timeout,
+        })?
+        .map_err(|source| UpstreamError::Connect {
+            authority: self.authority.clone(),
+            source,
+        })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Wraps the response so its connection returns to the pool when the body is done.
+    fn track(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        sender: SendRequest<UploadBody>,
+    ) -> Response<UpstreamBody> {
+        // After a protocol switch the connection belongs to the upgraded stream.
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return resp.map(|b| UpstreamBody {
+                inner: b,
+                back: None,
+            });
+        }
+        let (parts, inner) = resp.into_parts();
+        let mut body = UpstreamBody {
+            inner,
+            back: Some((sender, self.clone())),
+        };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        Response::from_parts(parts, body)
+    }
+}
+
+/// A response body from an upstream; returns its connection to the pool once read through.
+pub struct UpstreamBody {
+    inner: Incoming,
+    back: Option<(SendRequest<UploadBody>, Arc<Http1Pool>)>,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some((sender, pool)) = self.back.take() {
+            pool.put_back(sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            // An error leaves the connection in an unknown state: it is dropped, not reused.
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
