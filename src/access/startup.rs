@@ -130,7 +130,7 @@ impl Gateway {
     pub async fn start(
         config: Config,
         clock: Arc<dyn Clock>,
-    ) -> Result<(Arc<Gateway>, tokio::task::JoinHandle<()>), StartError> {
+    ) -> Result<(Arc<Gateway>, crate::audit::sink::AuditTask), StartError> {
         let now = clock.now();
         let store = storage::open(&config.storage.url).await?;
         let ring = keys::load(
@@ -143,7 +143,7 @@ impl Gateway {
         let pseudonyms = Pseudonymizer::new(&pseudonym_key(&config, true)?)?;
         let twins = TwinSpec::from_routes(&config.routes, "twinward.toml");
         let engine = Arc::new(Engine::load(&config.policy.dir, twins)?);
-        let (audit, audit_task) = AuditSink::start(store.clone());
+        let (audit, audit_task) = AuditSink::start(store.clone())?;
         let sessions: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
         let signin = match &config.signin {
             None => None,

@@ -14,9 +14,22 @@ pub fn hash_event<E: serde::Serialize>(prev_hash: &str, seq: i64, event: &E) -> 
     h.update(b"\n");
     h.update(seq.to_string().as_bytes());
     h.update(b"\n");
-    // Serializing plain data cannot fail; an empty body would still chain but never verify.
-    h.update(serde_json::to_vec(event).unwrap_or_default());
+    // Serialized into a buffer kept per thread (the writer hashes every event). Serializing
+    // plain data cannot fail; a failure would leave a hash that never verifies.
+    SCRATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        b.clear();
+        let _ = serde_json::to_writer(&mut *b, event);
+        h.update(&b[..]);
+        if b.capacity() > 1 << 20 {
+            *b = Vec::new();
+        }
+    });
     hex::encode(h.finalize())
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

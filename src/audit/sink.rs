@@ -1,7 +1,10 @@
-//! The audit writer: a bounded queue and one task that appends events in batches.
+//! The audit writer: a bounded queue and one thread of its own that appends events in
+//! batches. It runs off the async runtime, so hashing and database work never delay a
+//! worker's requests, and with a backend's blocking appender it talks to the database
+//! directly.
 
 use super::AuditEvent;
-use crate::storage::Store;
+use crate::storage::{StorageError, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -15,40 +18,48 @@ pub struct AuditSink {
     tx: mpsc::Sender<AuditEvent>,
 }
 
+/// The writer thread; [`AuditSink::shutdown`] waits for it to drain the queue.
+pub struct AuditTask(std::thread::JoinHandle<()>);
+
 impl AuditSink {
-    /// Starts the writer. It retries a failed batch until storage returns, so events are
+    /// Starts the writer (call within the runtime: backends without a blocking appender are
+    /// driven on it). It retries a failed batch until storage returns, so events are
     /// delayed, not lost, while the database is briefly unavailable.
-    pub fn start(store: Arc<dyn Store>) -> (AuditSink, tokio::task::JoinHandle<()>) {
+    pub fn start(store: Arc<dyn Store>) -> Result<(AuditSink, AuditTask), StorageError> {
         let (tx, mut rx) = mpsc::channel::<AuditEvent>(QUEUE);
-        let handle = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
-            while rx.recv_many(&mut batch, BATCH).await > 0 {
-                // Linger briefly so a trickle of events shares one transaction instead of
-                // paying a commit each.
-                if batch.len() < BATCH {
-                    tokio::time::sleep(LINGER).await;
-                    while batch.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(e) => batch.push(e),
-                            Err(_) => break,
+        let mut appender = store.audit_appender()?;
+        let runtime = tokio::runtime::Handle::current();
+        let mut append = move |events: &[AuditEvent]| match appender.as_mut() {
+            Some(a) => a.append(events),
+            None => runtime.block_on(store.append_audit(events)),
+        };
+        let thread = std::thread::Builder::new()
+            .name("twinward-audit".into())
+            .spawn(move || {
+                let mut batch = Vec::with_capacity(BATCH);
+                while rx.blocking_recv_many(&mut batch, BATCH) > 0 {
+                    // Linger briefly so a trickle of events shares one transaction instead
+                    // of paying a commit each.
+                    if batch.len() < BATCH {
+                        std::thread::sleep(LINGER);
+                        while batch.len() < BATCH {
+                            match rx.try_recv() {
+                                Ok(e) => batch.push(e),
+                                Err(_) => break,
+                            }
                         }
                     }
-                }
-                let events = std::mem::take(&mut batch);
-                let mut delay = Duration::from_millis(50);
-                loop {
-                    match store.append_audit(&events).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            tracing::error!(error = %e, pending = events.len(), "audit append failed; retrying");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(5));
-                        }
+                    let mut delay = Duration::from_millis(50);
+                    while let Err(e) = append(&batch) {
+                        tracing::error!(error = %e, pending = batch.len(), "audit append failed; retrying");
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(5));
                     }
+                    batch.clear();
                 }
-            }
-        });
-        (AuditSink { tx }, handle)
+            })
+            .map_err(|e| StorageError::Unavailable(format!("audit writer thread: {e}")))?;
+        Ok((AuditSink { tx }, AuditTask(thread)))
     }
 
     /// Queues an event; waits only when the queue is full (backpressure, never loss).
@@ -68,8 +79,8 @@ impl AuditSink {
     }
 
     /// Closes the queue and waits for the writer to drain it.
-    pub async fn shutdown(self, handle: tokio::task::JoinHandle<()>) {
+    pub async fn shutdown(self, task: AuditTask) {
         drop(self.tx);
-        let _ = handle.await;
+        let _ = tokio::task::spawn_blocking(move || task.0.join()).await;
     }
 }

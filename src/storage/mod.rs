@@ -31,6 +31,12 @@ impl From<sqlx::Error> for StorageError {
     }
 }
 
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        StorageError::Unavailable(e.to_string())
+    }
+}
+
 /// A stored API token (never the token itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
@@ -79,7 +85,20 @@ pub struct PasskeyRecord {
     pub last_used_at: Option<i64>,
 }
 
+/// Appends audit events from the audit writer's own thread (blocking), without the async
+/// runtime between the writer and the database.
+pub trait AuditAppender: Send {
+    /// Appends events to the chain in one transaction, in order (as [`Store::append_audit`]).
+    fn append(&mut self, events: &[AuditEvent]) -> Result<(), StorageError>;
+}
+
 pub trait Store: Send + Sync + 'static {
+    /// A blocking appender for the audit writer thread, for backends that have one; with
+    /// `None` the writer uses [`Store::append_audit`].
+    fn audit_appender(&self) -> Result<Option<Box<dyn AuditAppender>>, StorageError> {
+        Ok(None)
+    }
+
     fn insert_token(&self, t: &TokenRecord) -> BoxFuture<'_, Result<(), StorageError>>;
     fn token_by_hash(
         &self,

@@ -16,6 +16,17 @@ use std::time::Duration;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The database file, for the audit writer's own connection (`None` in memory).
+    path: Option<std::path::PathBuf>,
+}
+
+/// The file a `sqlite:` URL names, if it names one.
+fn file_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
 }
 
 impl SqliteStore {
@@ -46,7 +57,10 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StorageError::Migration(e.to_string()))?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            path: file_path(url),
+        })
     }
 }
 
@@ -133,7 +147,83 @@ fn event_from_row(r: &SqliteRow) -> Result<StoredEvent, StorageError> {
 
 const TOKEN_COLUMNS: &str = "id, token_hash, display_prefix, service_account, owner, roles, twins, created_at, expires_at, revoked_at, user_subject";
 
+/// The audit writer's connection: a prepared insert per row inside one `BEGIN IMMEDIATE`
+/// transaction per batch, with the same chain rules as [`Store::append_audit`].
+pub struct SqliteAuditAppender {
+    conn: rusqlite::Connection,
+}
+
+impl SqliteAuditAppender {
+    pub fn open(path: &std::path::Path) -> Result<Self, StorageError> {
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(SqliteAuditAppender { conn })
+    }
+}
+
+impl super::AuditAppender for SqliteAuditAppender {
+    fn append(&mut self, events: &[AuditEvent]) -> Result<(), StorageError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tail: Option<(i64, String)> = {
+            use rusqlite::OptionalExtension;
+            tx.query_row(
+                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+        };
+        let (mut seq, mut prev) = tail.unwrap_or((0, GENESIS.to_owned()));
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO audit_events (seq, event_id, at_ms, kind, outcome, actor, actor_pseudonym, route, action, policies, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            for e in events {
+                seq += 1;
+                // The detail is written as JSON once, and that text is both hashed and stored.
+                let detail = e.detail_json();
+                let hash = hash_event(&prev, seq, &e.prepared(&detail));
+                let policies = serde_json::to_string(&e.policies).unwrap_or_else(|_| "[]".into());
+                insert.execute(rusqlite::params![
+                    seq,
+                    e.event_id,
+                    e.at_ms,
+                    e.kind,
+                    e.outcome,
+                    e.actor,
+                    e.actor_pseudonym,
+                    e.route,
+                    e.action,
+                    policies,
+                    detail.get(),
+                    prev,
+                    hash,
+                ])?;
+                prev = hash;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 impl Store for SqliteStore {
+    fn audit_appender(&self) -> Result<Option<Box<dyn super::AuditAppender>>, StorageError> {
+        match &self.path {
+            Some(p) => Ok(Some(Box::new(SqliteAuditAppender::open(p)?))),
+            None => Ok(None),
+        }
+    }
+
     fn insert_token(&self, t: &TokenRecord) -> BoxFuture<'_, Result<(), StorageError>> {
         let t = t.clone();
         Box::pin(async move {
@@ -465,6 +555,50 @@ mod tests {
     use super::*;
     use crate::audit::verify_chain;
     use crate::clock::Timestamp;
+
+    #[tokio::test]
+    async fn the_writer_connection_and_the_pool_extend_one_chain() {
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/w.db", d.path().display());
+        let s = SqliteStore::open(&url).await.unwrap();
+        let mut appender = s
+            .audit_appender()
+            .unwrap()
+            .expect("a file database has one");
+        let mut evs = Vec::new();
+        for i in 0..7 {
+            let mut e = AuditEvent::new("access", "deny", Timestamp::from_unix_secs(2000 + i));
+            e.detail = crate::audit::Detail::Access(Box::new(crate::audit::AccessDetail {
+                method: "GET".into(),
+                path: format!("/p/{i}"),
+                client_ip: "192.0.2.7".parse().unwrap(),
+                twin: "t".into(),
+                purpose: Some("q\"uote".into()),
+                token_id: None,
+                session: None,
+                errors: Vec::new(),
+                reason: Some("denied by policy".into()),
+            }));
+            e.policies = vec![format!("p{i}")];
+            evs.push(e);
+        }
+        appender.append(&evs[..3]).unwrap();
+        s.append_audit(&evs[3..5]).await.unwrap();
+        appender.append(&evs[5..]).unwrap();
+        let stored = s.audit_events(0, 100).await.unwrap();
+        assert_eq!(stored.len(), 7);
+        verify_chain(&stored, 0, GENESIS).unwrap();
+        assert_eq!(stored[0].event.detail["client_ip"], "192.0.2.7");
+        assert_eq!(stored[6].event.detail["path"], "/p/6");
+        assert_eq!(stored[6].event.policies, ["p6"]);
+        // In-memory databases have no second connection: the pool writes there.
+        assert!(SqliteStore::open("sqlite::memory:")
+            .await
+            .unwrap()
+            .audit_appender()
+            .unwrap()
+            .is_none());
+    }
 
     #[tokio::test]
     async fn audit_chain_appends_and_verifies_and_detects_edits() {
