@@ -47,7 +47,8 @@ pub struct AuthenticatedToken {
 pub struct TokenAuthenticator {
     store: Arc<dyn Store>,
     pseudonyms: Pseudonymizer,
-    cache: Mutex<HashMap<TokenHash, (Arc<AuthenticatedToken>, Instant)>>,
+    cache:
+        Mutex<HashMap<TokenHash, (Arc<AuthenticatedToken>, Instant), foldhash::fast::RandomState>>,
 }
 
 impl TokenAuthenticator {
@@ -55,7 +56,7 @@ impl TokenAuthenticator {
         TokenAuthenticator {
             store,
             pseudonyms,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::default()),
         }
     }
 

@@ -155,7 +155,11 @@ impl AuditEvent {
 
 /// A time-ordered unique id (UUIDv7), used for decision ids.
 pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 /// An [`AuditEvent`] whose detail is already JSON text: the storage backends serialize

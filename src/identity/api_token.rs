@@ -79,8 +79,12 @@ pub fn parse(presented: &str) -> Result<TokenHash, TokenFormatError> {
         return Err(TokenFormatError::Malformed);
     }
     let (head, check) = presented.split_at(TOKEN_LEN - CHECK_LEN);
-    let expected = base62_fixed(&crc32fast::hash(head.as_bytes()).to_be_bytes(), CHECK_LEN);
-    if expected != check {
+    let mut expected = [0u8; CHECK_LEN];
+    base62_into(
+        &crc32fast::hash(head.as_bytes()).to_be_bytes(),
+        &mut expected,
+    );
+    if expected != check.as_bytes() {
         return Err(TokenFormatError::BadChecksum);
     }
     Ok(hash_of(presented))
@@ -112,6 +116,20 @@ fn hash_of(text: &str) -> TokenHash {
 }
 
 /// Big-endian base62 of `bytes`, left-padded with '0' to exactly `width` digits.
+/// Big-endian `bytes` as exactly `out.len()` base-62 digits (most significant first).
+fn base62_into(bytes: &[u8; 4], out: &mut [u8]) {
+    let mut num = *bytes;
+    for slot in out.iter_mut().rev() {
+        let mut rem: u32 = 0;
+        for b in num.iter_mut() {
+            let acc = (rem << 8) | u32::from(*b);
+            *b = (acc / 62) as u8;
+            rem = acc % 62;
+        }
+        *slot = ALPHABET.get(rem as usize).copied().unwrap_or(b'0');
+    }
+}
+
 fn base62_fixed(bytes: &[u8], width: usize) -> String {
     let mut num: Vec<u8> = bytes.to_vec();
     let mut digits = Vec::with_capacity(width);
@@ -131,6 +149,15 @@ fn base62_fixed(bytes: &[u8], width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_checksum_digits_match_the_general_encoding() {
+        for v in [0u32, 1, 61, 62, 0xdead_beef, u32::MAX] {
+            let mut out = [0u8; CHECK_LEN];
+            base62_into(&v.to_be_bytes(), &mut out);
+            assert_eq!(out, base62_fixed(&v.to_be_bytes(), CHECK_LEN).as_bytes());
+        }
+    }
 
     #[test]
     fn generated_tokens_parse_and_hash_consistently() {

@@ -109,6 +109,73 @@ pub struct RequestInfo {
     pub path: String,
 }
 
+/// A context field (or record) a policy reads, resolved from its attribute path once when
+/// a slice is cut, so rendering a memo key is a match per field, not a path comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextField {
+    Auth,
+    AuthMethod,
+    AuthMfa,
+    AuthMfaAge,
+    AuthSessionAge,
+    Device,
+    DeviceId,
+    DeviceManaged,
+    DeviceCompliant,
+    DeviceOs,
+    DevicePostureAge,
+    Network,
+    NetworkIp,
+    NetworkZone,
+    NetworkCountry,
+    Time,
+    TimeNow,
+    TimeHour,
+    TimeWeekday,
+    Request,
+    RequestMethod,
+    RequestPath,
+    Purpose,
+}
+
+impl ContextField {
+    /// The field at `path` (from `context`), if the memo knows how to render it.
+    pub fn of(path: &[String]) -> Option<ContextField> {
+        let segs: Vec<&str> = path.iter().map(String::as_str).collect();
+        Some(match segs.as_slice() {
+            ["auth"] => ContextField::Auth,
+            ["auth", "method"] => ContextField::AuthMethod,
+            ["auth", "mfa"] => ContextField::AuthMfa,
+            ["auth", "mfa_age_s"] => ContextField::AuthMfaAge,
+            ["auth", "session_age_s"] => ContextField::AuthSessionAge,
+            ["device"] => ContextField::Device,
+            ["device", "id"] => ContextField::DeviceId,
+            ["device", "managed"] => ContextField::DeviceManaged,
+            ["device", "compliant"] => ContextField::DeviceCompliant,
+            ["device", "os"] => ContextField::DeviceOs,
+            ["device", "posture_age_s"] => ContextField::DevicePostureAge,
+            ["network"] => ContextField::Network,
+            ["network", "ip"] => ContextField::NetworkIp,
+            ["network", "zone"] => ContextField::NetworkZone,
+            ["network", "country"] => ContextField::NetworkCountry,
+            ["time"] => ContextField::Time,
+            ["time", "now"] => ContextField::TimeNow,
+            ["time", "hour"] => ContextField::TimeHour,
+            ["time", "weekday"] => ContextField::TimeWeekday,
+            ["request"] => ContextField::Request,
+            ["request", "method"] => ContextField::RequestMethod,
+            ["request", "path"] => ContextField::RequestPath,
+            ["purpose"] => ContextField::Purpose,
+            _ => return None,
+        })
+    }
+
+    /// Every path resolved, or `None` if one is not known (the decision is then not memoized).
+    pub fn compile(paths: &[Vec<String>]) -> Option<Vec<ContextField>> {
+        paths.iter().map(|p| ContextField::of(p)).collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestContext {
     pub auth: AuthContext,
@@ -145,22 +212,32 @@ impl RequestContext {
     /// decision memo. False when a path names nothing this type knows: then nothing may be
     /// memoized.
     pub fn render(&self, paths: &[Vec<String>], out: &mut String) -> bool {
+        match ContextField::compile(paths) {
+            Some(fields) => {
+                self.render_fields(&fields, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// [`Self::render`] for fields resolved once with [`ContextField::compile`].
+    pub fn render_fields(&self, fields: &[ContextField], out: &mut String) {
         use std::fmt::Write as _;
-        for p in paths {
-            let segs: Vec<&str> = p.iter().map(String::as_str).collect();
-            let (a, d, n, t, r) = (
-                &self.auth,
-                &self.device,
-                &self.network,
-                &self.time,
-                &self.request,
-            );
-            let _ = match segs.as_slice() {
-                ["auth", "method"] => write!(out, "{}", a.method.as_str()),
-                ["auth", "mfa"] => write!(out, "{}", a.mfa),
-                ["auth", "mfa_age_s"] => write!(out, "{}", a.mfa_age_s),
-                ["auth", "session_age_s"] => write!(out, "{}", a.session_age_s),
-                ["auth"] => write!(
+        let (a, d, n, t, r) = (
+            &self.auth,
+            &self.device,
+            &self.network,
+            &self.time,
+            &self.request,
+        );
+        for f in fields {
+            let _ = match f {
+                ContextField::AuthMethod => write!(out, "{}", a.method.as_str()),
+                ContextField::AuthMfa => write!(out, "{}", a.mfa),
+                ContextField::AuthMfaAge => write!(out, "{}", a.mfa_age_s),
+                ContextField::AuthSessionAge => write!(out, "{}", a.session_age_s),
+                ContextField::Auth => write!(
                     out,
                     "{}|{}|{}|{}",
                     a.method.as_str(),
@@ -168,33 +245,33 @@ impl RequestContext {
                     a.mfa_age_s,
                     a.session_age_s
                 ),
-                ["device", "id"] => write!(out, "{:?}", d.id),
-                ["device", "managed"] => write!(out, "{}", d.managed),
-                ["device", "compliant"] => write!(out, "{}", d.compliant),
-                ["device", "os"] => write!(out, "{:?}", d.os),
-                ["device", "posture_age_s"] => write!(out, "{}", d.posture_age_s),
-                ["device"] => write!(
+                ContextField::DeviceId => write!(out, "{:?}", d.id),
+                ContextField::DeviceManaged => write!(out, "{}", d.managed),
+                ContextField::DeviceCompliant => write!(out, "{}", d.compliant),
+                ContextField::DeviceOs => write!(out, "{:?}", d.os),
+                ContextField::DevicePostureAge => write!(out, "{}", d.posture_age_s),
+                ContextField::Device => write!(
                     out,
                     "{:?}|{}|{}|{:?}|{}",
                     d.id, d.managed, d.compliant, d.os, d.posture_age_s
                 ),
-                ["network", "ip"] => write!(out, "{}", n.ip),
-                ["network", "zone"] => write!(out, "{:?}", n.zone),
-                ["network", "country"] => write!(out, "{:?}", n.country),
-                ["network"] => write!(out, "{}|{:?}|{:?}", n.ip, n.zone, n.country),
-                ["time", "now"] => write!(out, "{}", t.now.unix_secs()),
-                ["time", "hour"] => write!(out, "{}", t.hour),
-                ["time", "weekday"] => write!(out, "{}", t.weekday),
-                ["time"] => write!(out, "{}|{}|{}", t.now.unix_secs(), t.hour, t.weekday),
-                ["request", "method"] => write!(out, "{:?}", r.method),
-                ["request", "path"] => write!(out, "{:?}", r.path),
-                ["request"] => write!(out, "{:?}|{:?}", r.method, r.path),
-                ["purpose"] => write!(out, "{:?}", self.purpose),
-                _ => return false,
+                ContextField::NetworkIp => write!(out, "{}", n.ip),
+                ContextField::NetworkZone => write!(out, "{:?}", n.zone),
+                ContextField::NetworkCountry => write!(out, "{:?}", n.country),
+                ContextField::Network => write!(out, "{}|{:?}|{:?}", n.ip, n.zone, n.country),
+                ContextField::TimeNow => write!(out, "{}", t.now.unix_secs()),
+                ContextField::TimeHour => write!(out, "{}", t.hour),
+                ContextField::TimeWeekday => write!(out, "{}", t.weekday),
+                ContextField::Time => {
+                    write!(out, "{}|{}|{}", t.now.unix_secs(), t.hour, t.weekday)
+                }
+                ContextField::RequestMethod => write!(out, "{:?}", r.method),
+                ContextField::RequestPath => write!(out, "{:?}", r.path),
+                ContextField::Request => write!(out, "{:?}|{:?}", r.method, r.path),
+                ContextField::Purpose => write!(out, "{:?}", self.purpose),
             };
             out.push('\u{1f}');
         }
-        true
     }
 
     /// The Cedar context, built from already-evaluated values. The parts that change slowly

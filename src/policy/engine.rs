@@ -220,7 +220,9 @@ struct PrincipalView {
 /// The slices of all actions on one twin for one principal.
 struct TwinSlices {
     by_action: [Arc<Slice>; 3],
-    paths: memo::ContextPaths,
+    /// The context fields any of them reads; `None` when they are not all known (then the
+    /// verdict is not memoized).
+    fields: Option<Vec<super::context::ContextField>>,
 }
 
 /// The policies that can apply to one principal, twin and action, and the context fields
@@ -519,13 +521,11 @@ impl Loaded {
                 allowed,
             })
         };
-        let Some(paths) = slices.paths.as_ref() else {
+        let Some(fields) = slices.fields.as_deref() else {
             return compute();
         };
-        let mut rendered = String::new();
-        if !ctx.render(paths, &mut rendered) {
-            return compute();
-        }
+        let mut rendered = String::with_capacity(64);
+        ctx.render_fields(fields, &mut rendered);
         let key = memo::MemoKey {
             policy_set: self.memo_id,
             principal: principal.key.clone(),
@@ -581,8 +581,9 @@ impl Loaded {
             }
         }
         let by_action = Action::ALL.map(|a| self.principal_slice(view, kind, entry, a));
-        let paths = memo::union(by_action.iter().map(|s| &s.paths));
-        let t = Arc::new(TwinSlices { by_action, paths });
+        let fields = memo::union(by_action.iter().map(|s| &s.paths))
+            .and_then(|p| super::context::ContextField::compile(&p));
+        let t = Arc::new(TwinSlices { by_action, fields });
         if let Ok(mut cache) = view.twin_slices.write() {
             cache.insert(entry.index, t.clone());
         }
