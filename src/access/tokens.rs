@@ -45,18 +45,36 @@ pub struct AuthenticatedToken {
 }
 
 pub struct TokenAuthenticator {
+    inner: Arc<Lookup>,
+}
+
+/// Storage lookups and the cache they fill; shared with background refreshes.
+struct Lookup {
     store: Arc<dyn Store>,
     pseudonyms: Pseudonymizer,
-    cache:
-        Mutex<HashMap<TokenHash, (Arc<AuthenticatedToken>, Instant), foldhash::fast::RandomState>>,
+    cache: Mutex<HashMap<TokenHash, Cached, foldhash::fast::RandomState>>,
 }
+
+struct Cached {
+    token: Arc<AuthenticatedToken>,
+    fetched: Instant,
+    /// A background refresh is on its way.
+    refreshing: bool,
+}
+
+/// Age at which a token in use is read again in the background, so steady traffic never
+/// finds its entry expired and waits on storage (nor sends every waiting request there at
+/// once). The entry is still never used past [`CACHE_TTL`].
+const REFRESH_AFTER: Duration = Duration::from_millis(500);
 
 impl TokenAuthenticator {
     pub fn new(store: Arc<dyn Store>, pseudonyms: Pseudonymizer) -> Self {
         TokenAuthenticator {
-            store,
-            pseudonyms,
-            cache: Mutex::new(HashMap::default()),
+            inner: Arc::new(Lookup {
+                store,
+                pseudonyms,
+                cache: Mutex::new(HashMap::default()),
+            }),
         }
     }
 
@@ -67,57 +85,27 @@ impl TokenAuthenticator {
         now: Timestamp,
     ) -> Result<Arc<AuthenticatedToken>, AuthError> {
         let hash = api_token::parse(bearer)?;
-        let cached = self.cache.lock().ok().and_then(|c| {
-            c.get(&hash)
-                .filter(|(_, at)| at.elapsed() < CACHE_TTL)
-                .map(|(t, _)| t.clone())
-        });
+        let (cached, refresh) = match self.inner.cache.lock() {
+            Ok(mut c) => match c.get_mut(&hash) {
+                Some(e) if e.fetched.elapsed() < CACHE_TTL => {
+                    let refresh = !e.refreshing && e.fetched.elapsed() >= REFRESH_AFTER;
+                    e.refreshing |= refresh;
+                    (Some(e.token.clone()), refresh)
+                }
+                _ => (None, false),
+            },
+            Err(_) => (None, false),
+        };
+        if refresh {
+            let lookup = self.inner.clone();
+            tokio::spawn(async move { lookup.refresh(hash).await });
+        }
         let token = match cached {
             Some(t) => t,
-            None => {
-                let record = match self.store.token_by_hash(hash).await {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return Err(AuthError::Unknown),
-                    Err(e) => {
-                        tracing::error!(error = %e, "token lookup failed");
-                        return Err(AuthError::Unavailable);
-                    }
-                };
-                // A personal token acts as its user (with the token's subset of roles);
-                // a service-account token as the service account.
-                let (principal, pseudonym) = match &record.user_subject {
-                    Some(subject) => (
-                        Principal::user(subject, &record.owner, PERSONAL_TOKEN_IDP, &record.roles),
-                        subject.clone(),
-                    ),
-                    None => (
-                        Principal::service_account(
-                            &record.service_account,
-                            &record.owner,
-                            &record.roles,
-                        ),
-                        self.pseudonyms
-                            .subject(SERVICE_ACCOUNT_ISSUER, &record.service_account),
-                    ),
-                };
-                let principal = principal.map_err(|e| {
-                    tracing::error!(error = %e, token_id = %record.id, "stored token cannot form a principal");
-                    AuthError::Unknown
-                })?;
-                let token = Arc::new(AuthenticatedToken {
-                    pseudonym,
-                    cache_key: format!("token:{}", record.id),
-                    record,
-                    principal,
-                });
-                if let Ok(mut c) = self.cache.lock() {
-                    if c.len() > 100_000 {
-                        c.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-                    }
-                    c.insert(hash, (token.clone(), Instant::now()));
-                }
-                token
-            }
+            None => match self.inner.fetch(hash).await? {
+                Some(t) => t,
+                None => return Err(AuthError::Unknown),
+            },
         };
         // INVARIANT: revocation and expiry are checked on every request, cached or not.
         if token.record.revoked_at.is_some() {
@@ -127,6 +115,144 @@ impl TokenAuthenticator {
             return Err(AuthError::Expired);
         }
         Ok(token)
+    }
+}
+
+impl Lookup {
+    /// Reads the token from storage and caches it; `None` if storage does not know it.
+    async fn fetch(&self, hash: TokenHash) -> Result<Option<Arc<AuthenticatedToken>>, AuthError> {
+        let record = match self.store.token_by_hash(hash).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                if let Ok(mut c) = self.cache.lock() {
+                    c.remove(&hash);
+                }
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "token lookup failed");
+                return Err(AuthError::Unavailable);
+            }
+        };
+        // A personal token acts as its user (with the token's subset of roles);
+        // a service-account token as the service account.
+        let (principal, pseudonym) = match &record.user_subject {
+            Some(subject) => (
+                Principal::user(subject, &record.owner, PERSONAL_TOKEN_IDP, &record.roles),
+                subject.clone(),
+            ),
+            None => (
+                Principal::service_account(&record.service_account, &record.owner, &record.roles),
+                self.pseudonyms
+                    .subject(SERVICE_ACCOUNT_ISSUER, &record.service_account),
+            ),
+        };
+        let principal = principal.map_err(|e| {
+            tracing::error!(error = %e, token_id = %record.id, "stored token cannot form a principal");
+            AuthError::Unknown
+        })?;
+        let token = Arc::new(AuthenticatedToken {
+            pseudonym,
+            cache_key: format!("token:{}", record.id),
+            record,
+            principal,
+        });
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() > 100_000 {
+                c.retain(|_, e| e.fetched.elapsed() < CACHE_TTL);
+            }
+            c.insert(
+                hash,
+                Cached {
+                    token: token.clone(),
+                    fetched: Instant::now(),
+                    refreshing: false,
+                },
+            );
+        }
+        Ok(Some(token))
+    }
+
+    /// A background refresh. On failure the entry simply ages out at [`CACHE_TTL`], and the
+    /// next request asks storage itself (and fails closed if storage is down).
+    async fn refresh(&self, hash: TokenHash) {
+        if self.fetch(hash).await.is_err() {
+            if let Ok(mut c) = self.cache.lock() {
+                if let Some(e) = c.get_mut(&hash) {
+                    e.refreshing = false;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::sqlite::SqliteStore;
+
+    #[tokio::test]
+    async fn steady_use_refreshes_ahead_and_still_sees_a_revocation_within_the_ttl() {
+        let d = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&format!("sqlite://{}/t.db", d.path().display()))
+                .await
+                .unwrap(),
+        );
+        let pseudonyms =
+            Pseudonymizer::new(&crate::config::secret::Secret::new(vec![7; 32])).unwrap();
+        let now = Timestamp::from_unix_secs(1_000);
+        let spec = NewTokenSpec {
+            service_account: "ci".into(),
+            owner: "ops@example.com".into(),
+            roles: vec!["operator".into()],
+            twins: vec![],
+            ttl: Duration::from_secs(3600),
+            user_subject: None,
+        };
+        let (text, record, _) = issue(
+            &*store,
+            &spec,
+            |_| true,
+            |_| true,
+            Duration::from_secs(86_400),
+            now,
+            [3; 32],
+        )
+        .await
+        .unwrap();
+        let auth = TokenAuthenticator::new(store.clone(), pseudonyms);
+        assert!(auth.authenticate(&text, now).await.is_ok());
+        store
+            .revoke_token(&record.id, 1_001)
+            .await
+            .unwrap()
+            .unwrap();
+        // Requests keep coming every 50 ms: the cached entry is refreshed ahead of its
+        // expiry, and the refresh brings the revocation before one TTL has passed.
+        let started = Instant::now();
+        let refused_after = loop {
+            match auth.authenticate(&text, now).await {
+                Err(AuthError::Revoked) => break started.elapsed(),
+                Ok(_) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+            assert!(
+                started.elapsed() < CACHE_TTL + Duration::from_millis(200),
+                "revocation not seen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(refused_after <= CACHE_TTL, "{refused_after:?}");
+        // And the refresh happened in the background: the entry was replaced, not expired.
+        let fetched = auth
+            .inner
+            .cache
+            .lock()
+            .unwrap()
+            .get(&api_token::parse(&text).unwrap())
+            .map(|e| e.fetched.elapsed());
+        assert!(fetched.is_some_and(|a| a < CACHE_TTL));
     }
 }
 
