@@ -58,11 +58,7 @@ impl Detail {
     pub fn set_reason(&mut self, reason: &str) {
         match self {
             Detail::Access(a) => a.reason = Some(reason.to_owned()),
-            Detail::Json(v) => {
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("reason".into(), reason.into());
-                }
-            }
+            Detail::Json(v) => json_insert(v, "reason", reason),
         }
     }
 
@@ -70,11 +66,7 @@ impl Detail {
     pub fn set_token_id(&mut self, id: &str) {
         match self {
             Detail::Access(a) => a.token_id = Some(id.to_owned()),
-            Detail::Json(v) => {
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("token_id".into(), id.into());
-                }
-            }
+            Detail::Json(v) => json_insert(v, "token_id", id),
         }
     }
 
@@ -82,11 +74,7 @@ impl Detail {
     pub fn set_session(&mut self, short: &str) {
         match self {
             Detail::Access(a) => a.session = Some(short.to_owned()),
-            Detail::Json(v) => {
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("session".into(), short.into());
-                }
-            }
+            Detail::Json(v) => json_insert(v, "session", short),
         }
     }
 
@@ -104,6 +92,12 @@ impl Detail {
             Detail::Json(v) => v.as_object_mut(),
             Detail::Access(_) => None,
         }
+    }
+}
+
+fn json_insert(v: &mut serde_json::Value, key: &str, value: &str) {
+    if let Some(o) = v.as_object_mut() {
+        o.insert(key.into(), value.into());
     }
 }
 

@@ -504,6 +504,20 @@ async fn http2_from_clients_and_to_upstreams() {
 // e. Pooled keep-alive connections to upstreams.
 // ---------------------------------------------------------------------------------------
 
+/// A gateway with one worker (so every client connection shares the one upstream pool)
+/// routing /plant-7 to `upstream`, and a sim-runner token for it.
+fn one_worker_gateway(upstream: SocketAddr) -> (Gateway, String) {
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![RouteSpec::new(
+            "plant-7", "/plant-7", upstream, "plant-7", 2,
+        )],
+        server_extra: "workers = 1".into(),
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    (gw, token)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_connections_are_pooled_and_reused() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -527,13 +541,7 @@ async fn upstream_connections_are_pooled_and_reused() {
             });
         }
     });
-    let gw = Gateway::start(GatewayOptions {
-        routes: vec![RouteSpec::new("plant-7", "/plant-7", up_addr, "plant-7", 2)],
-        // One worker, so every client connection shares the one pool.
-        server_extra: "workers = 1".into(),
-        ..Default::default()
-    });
-    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let (gw, token) = one_worker_gateway(up_addr);
     let addr = gw.addr;
     const N: usize = 8;
     let statuses = blocking(move || {
@@ -600,12 +608,7 @@ async fn one_shot_upstream() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::Join
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_closing_idle_connections_costs_no_request() {
     let (up_addr, connections, task) = one_shot_upstream().await;
-    let gw = Gateway::start(GatewayOptions {
-        routes: vec![RouteSpec::new("plant-7", "/plant-7", up_addr, "plant-7", 2)],
-        server_extra: "workers = 1".into(),
-        ..Default::default()
-    });
-    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let (gw, token) = one_worker_gateway(up_addr);
     let addr = gw.addr;
     const N: usize = 10;
     let results = blocking(move || {
@@ -632,14 +635,7 @@ async fn a_connection_with_an_unread_response_body_is_not_reused() {
     // 64 MiB per response: far more than the socket buffers hold, so the body is still
     // in flight when the client goes away.
     let big = big_upstream(64 * MIB).await;
-    let gw = Gateway::start(GatewayOptions {
-        routes: vec![RouteSpec::new(
-            "plant-7", "/plant-7", big.addr, "plant-7", 2,
-        )],
-        server_extra: "workers = 1".into(),
-        ..Default::default()
-    });
-    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let (gw, token) = one_worker_gateway(big.addr);
     let addr = gw.addr;
     let produced = big.produced.clone();
     let (first, second) = blocking(move || {

@@ -4,7 +4,7 @@ use super::{error_page, Browser};
 use crate::audit::AuditEvent;
 use crate::http::{cookies, error, ui, AppState, Peer};
 use crate::identity::oidc::{OidcError, PendingLogin};
-use crate::session::{hashed, put_json, random_token, take_json, SignedInUser};
+use crate::session::{hashed, put_json, random_token, SignedInUser};
 use crate::storage::UserRecord;
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -171,16 +171,7 @@ pub async fn session_handoff(
             None,
         )
     };
-    let record: Option<Handoff> = match q.get("code") {
-        Some(c) => match take_json(b.signin.sessions.as_ref(), HANDOFF_KIND, c, b.now).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "session handoff lookup failed");
-                None
-            }
-        },
-        None => None,
-    };
+    let record: Option<Handoff> = b.take_once(HANDOFF_KIND, q.get("code")).await;
     let Some(record) = record else {
         return expired();
     };
@@ -279,16 +270,7 @@ pub async fn callback(
     };
 
     // The state names a sign-in this gateway started and has not finished yet.
-    let pending: Option<PendingLogin> = match q.get("state") {
-        Some(s) => match take_json(b.signin.sessions.as_ref(), LOGIN_KIND, s, b.now).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "sign-in state lookup failed");
-                None
-            }
-        },
-        None => None,
-    };
+    let pending: Option<PendingLogin> = b.take_once(LOGIN_KIND, q.get("state")).await;
     let Some(pending) = pending else {
         return fail(
             ev,

@@ -25,6 +25,24 @@ pub struct Browser {
 }
 
 impl Browser {
+    /// Consumes the one-time sign-in record `kind` named by `key` (a query parameter).
+    /// Missing, used, expired and unreadable records are all `None`; so is a store failure
+    /// (logged), so the step it guards is refused rather than let through.
+    pub async fn take_once<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        key: Option<&String>,
+    ) -> Option<T> {
+        let key = key?;
+        match crate::session::take_json(self.signin.sessions.as_ref(), kind, key, self.now).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, kind, "one-time record lookup failed");
+                None
+            }
+        }
+    }
+
     pub fn of(state: &AppState) -> Option<Browser> {
         let signin = state.gateway.signin.clone()?;
         Some(Browser {
