@@ -14,7 +14,8 @@
 #
 # Settings (environment): DURATION (s, default 10), WARMUP (s, 3), CONNECTIONS (64),
 # THREADS (wrk threads, 2), WORKERS (nginx and twinward workers, default: cores),
-# UPSTREAM_WORKERS (1), KEEP=1 keeps the temp directory (configs, logs, wrk output).
+# UPSTREAM_WORKERS (1), TWINWARD_BIN (a twinward binary to measure instead of building
+# one; for A/B runs), KEEP=1 keeps the temp directory (configs, logs, wrk output).
 # Needs wrk, nginx and curl (apt-get install wrk nginx curl).
 set -euo pipefail
 
@@ -92,11 +93,16 @@ wait_status() {
 
 # ---------------------------------------------------------------- build
 
-echo "== building release binaries (twinward, examples/bench_upstream)"
-(cd "$REPO" && cargo build --release --quiet --bin twinward --example bench_upstream)
 TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
 case "$TARGET" in /*) ;; *) TARGET="$REPO/$TARGET" ;; esac
-TWINWARD="$TARGET/release/twinward"
+if [ -n "${TWINWARD_BIN:-}" ]; then
+  # A/B runs: a twinward binary built elsewhere; the upstream must already be built.
+  TWINWARD="$TWINWARD_BIN"
+else
+  echo "== building release binaries (twinward, examples/bench_upstream)"
+  (cd "$REPO" && cargo build --release --quiet --bin twinward --example bench_upstream)
+  TWINWARD="$TARGET/release/twinward"
+fi
 UPSTREAM_BIN="$TARGET/release/examples/bench_upstream"
 [ -x "$TWINWARD" ] && [ -x "$UPSTREAM_BIN" ] || die "release binaries not found under $TARGET/release"
 

@@ -2,9 +2,9 @@
 //! http://localhost) and the short-lived sign-in binding cookie. Both HttpOnly,
 //! SameSite=Lax, Path=/ and, except on http://localhost, Secure.
 
+use super::headers::{visible_ascii, HeaderLines};
 use crate::config::signin::SigninConfig;
-use http::header::COOKIE;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 
 /// Cookie names the gateway sets; never forwarded upstream, and a twin's `Set-Cookie` for
 /// them is dropped.
@@ -16,11 +16,10 @@ pub const GATEWAY_COOKIES: [&str; 4] = [
 ];
 
 /// The value of cookie `name`, from any `Cookie` header line.
-pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn get<'a, H: HeaderLines + ?Sized>(headers: &'a H, name: &str) -> Option<&'a str> {
     headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .lines("cookie")
+        .filter_map(visible_ascii)
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
         .find(|(n, _)| *n == name)
@@ -71,6 +70,8 @@ pub fn clear_login(cfg: &SigninConfig) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::COOKIE;
+    use http::HeaderMap;
 
     #[test]
     fn finds_a_cookie_among_several_lines() {

@@ -11,13 +11,12 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 /// Whether the client wants an HTML page rather than problem+json.
-pub fn wants_html(headers: &http::HeaderMap) -> bool {
-    if headers.contains_key(http::header::AUTHORIZATION) {
+pub fn wants_html<H: super::headers::HeaderLines + ?Sized>(headers: &H) -> bool {
+    if headers.has("authorization") {
         return false;
     }
     headers
-        .get(http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
+        .text("accept")
         .is_some_and(|a| a.contains("text/html") && !a.starts_with("application/json"))
 }
 

@@ -8,6 +8,8 @@ pub mod browser;
 pub mod cookies;
 pub mod endpoints;
 pub mod error;
+pub mod fastpath;
+pub mod headers;
 pub mod proxy;
 pub mod ui;
 pub mod upstream;
@@ -238,6 +240,7 @@ pub async fn serve(
     let router = gateway_router(state.clone());
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -254,19 +257,28 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let router = router.clone();
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let state = state.clone();
-            let router = router.clone();
-            async move { Ok::<_, Infallible>(dispatch(state, router, peer, req).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn.into_owned());
+        let builder = builder.clone();
+        // Held while the fast path serves the connection too, so shutdown waits for it.
+        let watcher = graceful.watcher();
+        let mut stopping = stopping.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let (stream, read) = match fastpath::serve(&state, stream, peer, &mut stopping).await {
+                fastpath::Served::Done => return,
+                fastpath::Served::Handoff(stream, read) => (stream, read),
+            };
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                let router = router.clone();
+                async move { Ok::<_, Infallible>(dispatch(state, router, peer, req).await) }
+            });
+            let io = TokioIo::new(fastpath::Rewind::new(stream, read));
+            let conn = builder.serve_connection_with_upgrades(io, svc);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
+    let _ = stopping_tx.send(true);
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => tracing::warn!("connections still open after 30s; closing"),

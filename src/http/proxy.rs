@@ -6,6 +6,7 @@
 //! never the client's `Authorization`, the gateway cookie, or any inbound `X-Twinward-*`.
 
 use super::error;
+use super::headers::{visible_ascii, HeaderLines};
 use super::AppState;
 use crate::access::AccessRequest;
 use crate::routing::path::NormalizedPath;
@@ -92,10 +93,10 @@ impl hyper::body::Body for UploadBody {
 
 /// Every line of a list header joined into one value: several `X-Forwarded-For` lines are
 /// one list in order (a proxy may append its own line after the client's).
-pub fn joined(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {
+pub fn joined<H: HeaderLines + ?Sized>(headers: &H, name: &'static str) -> Option<String> {
     let mut out: Option<String> = None;
-    for v in headers.get_all(name) {
-        let v = v.to_str().ok()?;
+    for v in headers.lines(name) {
+        let v = visible_ascii(v)?;
         match &mut out {
             Some(s) => {
                 s.push_str(", ");
@@ -109,10 +110,10 @@ pub fn joined(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<St
 
 /// The client address: the socket peer, or from the forwarding headers when the peer is a
 /// trusted proxy.
-pub fn client_ip(
+pub fn client_ip<H: HeaderLines + ?Sized>(
     gw: &crate::access::Gateway,
     peer: std::net::IpAddr,
-    headers: &HeaderMap,
+    headers: &H,
 ) -> std::net::IpAddr {
     if !gw.network.is_trusted(peer) {
         return crate::signals::network::canonical(peer);
@@ -120,13 +121,40 @@ pub fn client_ip(
     gw.network.client_ip(
         peer,
         joined(headers, "x-forwarded-for").as_deref(),
-        joined(headers, header::FORWARDED).as_deref(),
+        joined(headers, "forwarded").as_deref(),
     )
 }
 
+/// `X-Forwarded-For` and `X-Forwarded-Proto` as sent upstream: the client's address, or
+/// the list a trusted proxy sent with that proxy's address appended; `https` only when a
+/// trusted proxy says so.
+pub fn forwarding<H: HeaderLines + ?Sized>(
+    gw: &crate::access::Gateway,
+    peer: SocketAddr,
+    client_ip: std::net::IpAddr,
+    headers: &H,
+) -> (String, &'static str) {
+    let trusted = gw.network.is_trusted(peer.ip());
+    let proto = if trusted && headers.lines("x-forwarded-proto").next() == Some(b"https") {
+        "https"
+    } else {
+        "http"
+    };
+    let prior = if trusted {
+        joined(headers, "x-forwarded-for")
+    } else {
+        None
+    };
+    let xff = match prior {
+        Some(p) => format!("{p}, {}", peer.ip()),
+        None => client_ip.to_string(),
+    };
+    (xff, proto)
+}
+
 /// `Authorization: Bearer <token>` (scheme case-insensitive).
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+pub fn bearer<H: HeaderLines + ?Sized>(headers: &H) -> Option<&str> {
+    let v = headers.text("authorization")?;
     let (scheme, rest) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -135,8 +163,8 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The `X-Twinward-Purpose` header when it is short printable text.
-pub fn purpose(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(PURPOSE_HEADER)?.to_str().ok()?;
+pub fn purpose<H: HeaderLines + ?Sized>(headers: &H) -> Option<&str> {
+    let v = headers.text(PURPOSE_HEADER)?;
     (v.len() <= 256 && v.chars().all(|c| !c.is_control())).then_some(v)
 }
 
@@ -218,25 +246,36 @@ pub fn strip_client_credentials(headers: &mut HeaderMap) {
     for k in inbound {
         headers.remove(k);
     }
-    let cookies: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    let cookies = forwardable_cookies(headers.lines("cookie"));
+    headers.remove(header::COOKIE);
+    if let Some(v) = cookies.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// The client's cookies without the gateway's own, as one `Cookie` value; `None` when
+/// nothing is left. An unreadable (not visible ASCII) cookie line is not passed on.
+pub fn forwardable_cookies<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Option<String> {
+    let mut out: Option<String> = None;
+    let pairs = lines
+        .filter_map(visible_ascii)
         .flat_map(|v| v.split(';'))
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .filter(|c| {
             let name = c.split('=').next().unwrap_or_default().trim();
             !GATEWAY_COOKIES.contains(&name)
-        })
-        .map(str::to_owned)
-        .collect();
-    headers.remove(header::COOKIE);
-    if !cookies.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&cookies.join("; ")) {
-            headers.insert(header::COOKIE, v);
+        });
+    for c in pairs {
+        match &mut out {
+            Some(s) => {
+                s.push_str("; ");
+                s.push_str(c);
+            }
+            None => out = Some(c.to_owned()),
         }
     }
+    out
 }
 
 /// The target sent upstream: the path policy decided on (and the query as sent), origin-form
@@ -365,7 +404,6 @@ async fn forward(
             html,
         );
     }
-    let peer_trusted = gw.network.is_trusted(peer.ip());
     let Some(uri) = upstream_target(&state.upstreams, route, req.uri(), path) else {
         return error::problem(
             StatusCode::BAD_REQUEST,
@@ -381,21 +419,7 @@ async fn forward(
         None
     };
     let (mut parts, body) = req.into_parts();
-    let scheme = if peer_trusted
-        && parts
-            .headers
-            .get(X_FORWARDED_PROTO)
-            .is_some_and(|v| v.as_bytes() == b"https")
-    {
-        HeaderValue::from_static("https")
-    } else {
-        HeaderValue::from_static("http")
-    };
-    let prior_xff = if peer_trusted {
-        joined(&parts.headers, X_FORWARDED_FOR)
-    } else {
-        None
-    };
+    let (xff, proto) = forwarding(gw, peer, client_ip, &parts.headers);
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, websocket);
     strip_client_credentials(headers);
@@ -406,14 +430,10 @@ async fn forward(
             headers.remove(h);
         }
     }
-    let xff = match prior_xff {
-        Some(p) => format!("{p}, {}", peer.ip()),
-        None => client_ip.to_string(),
-    };
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, scheme);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
         headers.insert(X_FORWARDED_HOST, h);
     }
@@ -528,21 +548,22 @@ pub fn strip_gateway_set_cookies(headers: &mut HeaderMap) {
     let keep: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
         .iter()
-        .filter(|v| {
-            let name = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.split('=').next())
-                .map(str::trim);
-            // An unreadable cookie name cannot be checked, so it is not passed on either.
-            name.is_some_and(|n| !GATEWAY_COOKIES.iter().any(|g| g.eq_ignore_ascii_case(n)))
-        })
+        .filter(|v| !is_gateway_set_cookie(v.as_bytes()))
         .cloned()
         .collect();
     headers.remove(header::SET_COOKIE);
     for v in keep {
         headers.append(header::SET_COOKIE, v);
     }
+}
+
+/// Whether a twin's `Set-Cookie` value must be dropped: it names a gateway cookie, or its
+/// name cannot be read (an unreadable name cannot be checked, so it is not passed on).
+pub fn is_gateway_set_cookie(value: &[u8]) -> bool {
+    let name = visible_ascii(value)
+        .and_then(|s| s.split('=').next())
+        .map(str::trim);
+    name.is_none_or(|n| GATEWAY_COOKIES.iter().any(|g| g.eq_ignore_ascii_case(n)))
 }
 
 #[cfg(test)]

@@ -55,7 +55,12 @@ pub struct Upstreams {
 }
 
 enum RouteClient {
-    Http1(Arc<Http1Pool>),
+    /// hyper's HTTP/1.1 client for requests served through hyper, and plain sockets for the
+    /// fast path, which writes and reads the messages itself.
+    Http1 {
+        hyper: Arc<Http1Pool>,
+        raw: RawPool,
+    },
     Http2(Box<Client<HttpConnector, UploadBody>>),
 }
 
@@ -77,11 +82,18 @@ impl Upstreams {
                             .build(c),
                     ))
                 } else {
-                    RouteClient::Http1(Arc::new(Http1Pool {
-                        authority: cfg.upstream.authority.clone(),
-                        connect_timeout: cfg.connect_timeout,
-                        idle: Mutex::new(Vec::new()),
-                    }))
+                    RouteClient::Http1 {
+                        hyper: Arc::new(Http1Pool {
+                            authority: cfg.upstream.authority.clone(),
+                            connect_timeout: cfg.connect_timeout,
+                            idle: IdleList::default(),
+                        }),
+                        raw: RawPool {
+                            authority: cfg.upstream.authority.clone(),
+                            connect_timeout: cfg.connect_timeout,
+                            idle: IdleList::default(),
+                        },
+                    }
                 }
             })
             .collect();
@@ -93,6 +105,14 @@ impl Upstreams {
         matches!(self.routes.get(route.index), Some(RouteClient::Http2(_)))
     }
 
+    /// The plain-socket pool of an HTTP/1.1 route, for the fast path.
+    pub fn raw(&self, route: &Route) -> Option<&RawPool> {
+        match self.routes.get(route.index) {
+            Some(RouteClient::Http1 { raw, .. }) => Some(raw),
+            _ => None,
+        }
+    }
+
     /// Sends `req` (origin-form target for HTTP/1.1, absolute for HTTP/2) to the route's
     /// upstream and returns its response head; the body streams as the caller reads it.
     pub async fn send(
@@ -101,7 +121,7 @@ impl Upstreams {
         req: Request<UploadBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match self.routes.get(route.index) {
-            Some(RouteClient::Http1(pool)) => pool.send(req).await,
+            Some(RouteClient::Http1 { hyper, .. }) => hyper.send(req).await,
             Some(RouteClient::Http2(client)) => {
                 Ok(client.request(req).await?.map(|b| UpstreamBody {
                     inner: b,
@@ -113,17 +133,111 @@ impl Upstreams {
     }
 }
 
-/// One route's idle HTTP/1.1 connections in one worker.
+/// Idle connections of one route in one worker, most recently used last: reuse takes the
+/// warmest connection, expiry looks at the front. The lock is never contended (one worker
+/// thread uses it); it is there because tasks must be `Send`.
+pub struct IdleList<T> {
+    items: Mutex<Vec<Idle<T>>>,
+}
+
+impl<T> Default for IdleList<T> {
+    fn default() -> Self {
+        IdleList {
+            items: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+struct Idle<T> {
+    conn: T,
+    since: Instant,
+}
+
+impl<T> IdleList<T> {
+    /// The warmest connection that is still `usable` and not idle for too long.
+    fn checkout(&self, usable: impl Fn(&T) -> bool) -> Option<T> {
+        let mut idle = self.items.lock().ok()?;
+        while let Some(i) = idle.pop() {
+            if usable(&i.conn) && i.since.elapsed() < IDLE_TIMEOUT {
+                return Some(i.conn);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, conn: T) {
+        let Ok(mut idle) = self.items.lock() else {
+            return;
+        };
+        let expired = idle
+            .iter()
+            .take_while(|i| i.since.elapsed() >= IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+async fn connect_tcp(
+    authority: &str,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, UpstreamError> {
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(authority))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout {
+            authority: authority.to_owned(),
+            timeout,
+        })?
+        .map_err(|source| UpstreamError::Connect {
+            authority: authority.to_owned(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// One route's idle HTTP/1.1 connections for the fast path: plain sockets, each with the
+/// bytes read from it but not yet used.
+pub struct RawPool {
+    authority: String,
+    connect_timeout: Duration,
+    idle: IdleList<RawConn>,
+}
+
+pub struct RawConn {
+    pub stream: tokio::net::TcpStream,
+    pub buf: bytes::BytesMut,
+}
+
+impl RawPool {
+    pub fn checkout(&self) -> Option<RawConn> {
+        self.idle.checkout(|_| true)
+    }
+
+    pub async fn connect(&self) -> Result<RawConn, UpstreamError> {
+        Ok(RawConn {
+            stream: connect_tcp(&self.authority, self.connect_timeout).await?,
+            buf: bytes::BytesMut::with_capacity(16 * 1024),
+        })
+    }
+
+    /// Returns a connection whose last response was read to its end, and nothing beyond.
+    pub fn put_back(&self, conn: RawConn) {
+        debug_assert!(conn.buf.is_empty());
+        self.idle.put_back(conn);
+    }
+}
+
+/// One route's idle HTTP/1.1 connections in one worker, for requests served through hyper.
 pub struct Http1Pool {
     authority: String,
     connect_timeout: Duration,
-    /// Most recently used last: reuse takes the warmest connection, expiry looks at the front.
-    idle: Mutex<Vec<Idle>>,
-}
-
-struct Idle {
-    sender: SendRequest<UploadBody>,
-    since: Instant,
+    idle: IdleList<SendRequest<UploadBody>>,
 }
 
 impl Http1Pool {
@@ -132,7 +246,7 @@ impl Http1Pool {
         mut req: Request<UploadBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         loop {
-            let (mut sender, fresh) = match self.checkout() {
+            let (mut sender, fresh) = match self.idle.checkout(|s| !s.is_closed()) {
                 Some(s) => (s, false),
                 None => (self.connect().await?, true),
             };
@@ -153,51 +267,14 @@ impl Http1Pool {
         }
     }
 
-    fn checkout(&self) -> Option<SendRequest<UploadBody>> {
-        let mut idle = self.idle.lock().ok()?;
-        while let Some(i) = idle.pop() {
-            if !i.sender.is_closed() && i.since.elapsed() < IDLE_TIMEOUT {
-                return Some(i.sender);
-            }
-        }
-        None
-    }
-
     fn put_back(&self, sender: SendRequest<UploadBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
-        };
-        let expired = idle
-            .iter()
-            .take_while(|i| i.since.elapsed() >= IDLE_TIMEOUT)
-            .count();
-        idle.drain(..expired);
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        if !sender.is_closed() {
+            self.idle.put_back(sender);
         }
     }
 
     async fn connect(&self) -> Result<SendRequest<UploadBody>, UpstreamError> {
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect(self.authority.as_str()),
-        )
-        .await
-        .map_err(|_| UpstreamError::ConnectTimeout {
-            authority: self.authority.clone(),
-            timeout: self.connect_timeout,
-        })?
-        .map_err(|source| UpstreamError::Connect {
-            authority: self.authority.clone(),
-            source,
-        })?;
-        let _ = stream.set_nodelay(true);
+        let stream = connect_tcp(&self.authority, self.connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod credentials;
 mod demo;
+mod fast_path;
 mod forward_auth;
 mod idp_smoke;
 mod paths;

@@ -1,0 +1,256 @@
+//! Which requests the fast path answers, and the head it sends upstream for them.
+
+use super::super::headers::visible_ascii;
+use super::super::headers::HeaderLines;
+use super::super::proxy::{forwardable_cookies, ASSERTION_HEADER};
+use super::write::{push, push_header};
+
+/// A request the fast path may answer: HTTP/1.1; GET, HEAD, DELETE or OPTIONS (idempotent,
+/// so a request a stale pooled connection lost may be sent again, RFC 9110 §9.2.2); no
+/// body and no framing header at all; an origin-form target of plain URI characters (no
+/// fragment, quote, backslash or non-ASCII: characters parsers disagree on go to hyper);
+/// exactly one readable `Host`; no hop-by-hop header but `Connection: keep-alive` or
+/// `close`.
+pub struct Plain<'a> {
+    pub method: &'a str,
+    /// The path as sent, before normalization.
+    pub path: &'a str,
+    /// The query with its `?`, or empty.
+    pub query: &'a str,
+    pub host: &'a str,
+    /// The client asked to close the connection after this response.
+    pub close: bool,
+    pub headers: &'a [httparse::Header<'a>],
+}
+
+impl<'a> Plain<'a> {
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+}
+
+/// Headers that make a request something other than a plain bodiless one (framing,
+/// expectations, upgrades) or that are hop-by-hop and would need removing.
+const NOT_PLAIN: [&str; 11] = [
+    "content-length",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "http2-settings",
+];
+
+pub fn classify<'a>(
+    method: &'a str,
+    target: &'a str,
+    version: u8,
+    headers: &'a [httparse::Header<'a>],
+) -> Option<Plain<'a>> {
+    if version != 1 || !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS") {
+        return None;
+    }
+    if !target.starts_with('/') || !target.bytes().all(plain_target_byte) {
+        return None;
+    }
+    let (path, query) = match target.find('?') {
+        Some(i) => target.split_at(i),
+        None => (target, ""),
+    };
+    let mut host = None;
+    let mut close = false;
+    for h in headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return None;
+            }
+            host = Some(visible_ascii(h.value)?);
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in visible_ascii(h.value)?.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case("keep-alive") {
+                    return None;
+                }
+            }
+        } else if NOT_PLAIN.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            return None;
+        }
+    }
+    Some(Plain {
+        method,
+        path,
+        query,
+        host: host?,
+        close,
+        headers,
+    })
+}
+
+/// Unreserved, sub-delims, `:` `@` `/` `?` and `%` (RFC 3986): every parser reads a target
+/// made of these alike.
+fn plain_target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+}
+
+/// Client headers the gateway never passes on or replaces with its own: the ones handled
+/// separately (host, connection, authorization, cookie) and the forwarding headers.
+const NOT_FORWARDED: [&str; 13] = [
+    "host",
+    "connection",
+    "authorization",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-method",
+    "x-forwarded-uri",
+    "x-original-url",
+    "x-original-method",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// What the gateway adds to a forwarded request.
+pub struct Additions<'a> {
+    pub upstream_host: Option<&'a [u8]>,
+    pub forwarded_for: &'a str,
+    pub forwarded_proto: &'a str,
+    pub assertion: &'a [u8],
+    /// The credential again as `Authorization: Bearer …`, when the route asks for it.
+    pub bearer: Option<&'a str>,
+}
+
+/// Writes the request head sent upstream: the normalized `path` with the query as sent,
+/// the client's headers without its credentials, gateway cookies, `X-Twinward-*` and
+/// forwarding headers, then the gateway's own.
+pub fn write_upstream_head(out: &mut Vec<u8>, req: &Plain<'_>, path: &str, add: &Additions<'_>) {
+    push(out, req.method.as_bytes());
+    push(out, b" ");
+    push(out, path.as_bytes());
+    push(out, req.query.as_bytes());
+    push(out, b" HTTP/1.1\r\n");
+    push_header(
+        out,
+        b"host",
+        add.upstream_host.unwrap_or(req.host.as_bytes()),
+    );
+    for h in req.headers {
+        let name = h.name;
+        if NOT_FORWARDED.iter().any(|n| name.eq_ignore_ascii_case(n))
+            || starts_with_ignore_case(name, "x-twinward-")
+        {
+            continue;
+        }
+        push_header(out, name.as_bytes(), h.value);
+    }
+    if let Some(c) = forwardable_cookies(req.headers.lines("cookie")) {
+        push_header(out, b"cookie", c.as_bytes());
+    }
+    push_header(out, b"x-forwarded-for", add.forwarded_for.as_bytes());
+    push_header(out, b"x-forwarded-proto", add.forwarded_proto.as_bytes());
+    push_header(out, b"x-forwarded-host", req.host.as_bytes());
+    if let Some(b) = add.bearer {
+        push(out, b"authorization: Bearer ");
+        push(out, b.as_bytes());
+        push(out, b"\r\n");
+    }
+    push_header(out, ASSERTION_HEADER.as_bytes(), add.assertion);
+    push(out, b"\r\n");
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8], f: impl FnOnce(Option<Plain<'_>>)) {
+        let mut lines = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut lines);
+        assert!(req.parse(raw).unwrap().is_complete());
+        let (m, t, v) = (req.method.unwrap(), req.path.unwrap(), req.version.unwrap());
+        f(classify(m, t, v, req.headers));
+    }
+
+    #[test]
+    fn plain_requests_are_recognized() {
+        parse(
+            b"GET /plant-7/state?x=1 HTTP/1.1\r\nHost: twin.example\r\nConnection: keep-alive\r\nAuthorization: Bearer t\r\n\r\n",
+            |p| {
+                let p = p.expect("plain");
+                assert_eq!((p.path, p.query, p.host, p.close), ("/plant-7/state", "?x=1", "twin.example", false));
+            },
+        );
+        parse(
+            b"HEAD / HTTP/1.1\r\nhost: a\r\nconnection: Close\r\n\r\n",
+            |p| {
+                let p = p.expect("plain");
+                assert!(p.close && p.is_head());
+            },
+        );
+    }
+
+    #[test]
+    fn anything_else_goes_to_hyper() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-secret\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Authorization: Basic x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+            b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a\"b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a\\b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a{b} HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n",
+        ] {
+            parse(raw, |p| {
+                assert!(p.is_none(), "{}", String::from_utf8_lossy(raw));
+            });
+        }
+    }
+
+    #[test]
+    fn the_upstream_head_carries_no_client_credentials() {
+        let raw = b"GET /a/../b?q=%2e HTTP/1.1\r\nHost: twin.example\r\nAuthorization: Bearer twt_secret\r\nX-Twinward-Assertion: forged\r\nx-twinward-purpose: p\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nCookie: a=1; __Host-twinward=s\r\nCookie: twinward-login=x; b=2\r\nAccept: */*\r\n\r\n";
+        parse(raw, |p| {
+            let p = p.expect("plain");
+            let mut out = Vec::new();
+            write_upstream_head(
+                &mut out,
+                &p,
+                "/b",
+                &Additions {
+                    upstream_host: Some(b"127.0.0.1:9"),
+                    forwarded_for: "192.0.2.1",
+                    forwarded_proto: "http",
+                    assertion: b"ey.jwt",
+                    bearer: None,
+                },
+            );
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(
+                text,
+                "GET /b?q=%2e HTTP/1.1\r\nhost: 127.0.0.1:9\r\nAccept: */*\r\ncookie: a=1; b=2\r\n\
+                 x-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: http\r\nx-forwarded-host: twin.example\r\n\
+                 x-twinward-assertion: ey.jwt\r\n\r\n"
+            );
+        });
+    }
+}

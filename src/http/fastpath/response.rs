@@ -1,0 +1,455 @@
+//! A twin's response on the fast path: its head read in place and rewritten for the client
+//! (hop-by-hop headers and gateway cookies removed, framing the gateway's own), its body
+//! relayed by length, by chunks (decoded and re-chunked, so neither chunk extensions nor
+//! trailers reach the client), or until the twin closes.
+
+use super::super::proxy::is_gateway_set_cookie;
+use super::write::{push, push_chunk, push_date, push_decimal, push_header, LAST_CHUNK};
+use crate::clock::Timestamp;
+
+/// Headers of a twin's response: more make the response a bad one.
+const MAX_HEADERS: usize = 100;
+/// A chunk-size line or trailer section longer than this is a bad response.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a response to HEAD, 204 or 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// The body ends when the twin closes the connection.
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub status: u16,
+    pub framing: Framing,
+    /// The twin keeps the connection open after this response.
+    pub keep_alive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadResponse {
+    #[error("the twin's response head is malformed")]
+    Malformed,
+    #[error("the twin's response framing is ambiguous or unsupported")]
+    Framing,
+    #[error("the twin switched protocols unasked")]
+    Switched,
+    #[error("the twin's chunked body is malformed")]
+    Chunk,
+}
+
+pub enum Parsed {
+    /// The buffer holds no whole head yet.
+    Partial,
+    /// A 1xx interim response of this length, to skip.
+    Interim(usize),
+    /// A final head of this length; the client's head is in `out`.
+    Final(usize, Head),
+}
+
+/// Reads the response head at the start of `buf` and, for a final response, writes the
+/// client's head into `out`. `head_request`: the request was HEAD (no body follows);
+/// `close`: the gateway closes the client connection after this response.
+pub fn translate_head(
+    buf: &[u8],
+    head_request: bool,
+    close: bool,
+    now: Timestamp,
+    out: &mut Vec<u8>,
+) -> Result<Parsed, BadResponse> {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut lines);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(_) => return Err(BadResponse::Malformed),
+    };
+    let status = resp.code.ok_or(BadResponse::Malformed)?;
+    if status == 101 {
+        return Err(BadResponse::Switched);
+    }
+    if (100..200).contains(&status) {
+        return Ok(Parsed::Interim(len));
+    }
+    let headers: &[httparse::Header<'_>] = resp.headers;
+
+    let mut connection_close = resp.version != Some(1);
+    let mut named: [&str; 8] = [""; 8];
+    let mut n_named = 0;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut has_date = false;
+    for h in headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection") {
+            let v = std::str::from_utf8(h.value).map_err(|_| BadResponse::Malformed)?;
+            for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if t.eq_ignore_ascii_case("close") {
+                    connection_close = true;
+                } else if t.eq_ignore_ascii_case("keep-alive") {
+                    // Keep-alive is HTTP/1.1's default; an HTTP/1.0 twin's is not relied on.
+                } else if n_named < named.len() {
+                    named[n_named] = t;
+                    n_named += 1;
+                } else {
+                    return Err(BadResponse::Malformed);
+                }
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only exactly `chunked` is understood; anything else (another coding, a
+            // repeated line) would need guessing where the body ends.
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(BadResponse::Framing);
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let n = parse_length(h.value).ok_or(BadResponse::Framing)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(BadResponse::Framing);
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("date") {
+            has_date = true;
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (true, Some(_)) => return Err(BadResponse::Framing),
+            (true, None) => Framing::Chunked,
+            (false, Some(n)) => Framing::Length(n),
+            (false, None) => Framing::UntilClose,
+        }
+    };
+
+    push(out, b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    push(out, b" ");
+    let reason = resp.reason.filter(|r| !r.is_empty());
+    match reason.or_else(|| http::StatusCode::from_u16(status).ok()?.canonical_reason()) {
+        Some(r) => push(out, r.as_bytes()),
+        None => push(out, b"Unknown"),
+    }
+    push(out, b"\r\n");
+    let named = &named[..n_named];
+    for h in headers {
+        let name = h.name;
+        if is_hop_by_hop(name)
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || (name.eq_ignore_ascii_case("content-length")
+                && matches!(framing, Framing::Chunked | Framing::UntilClose))
+            || (name.eq_ignore_ascii_case("set-cookie") && is_gateway_set_cookie(h.value))
+        {
+            continue;
+        }
+        push_header(out, name.as_bytes(), h.value);
+    }
+    if !has_date {
+        push_date(out, now);
+    }
+    if matches!(framing, Framing::Chunked | Framing::UntilClose) {
+        push_header(out, b"transfer-encoding", b"chunked");
+    }
+    if close {
+        push_header(out, b"connection", b"close");
+    }
+    push(out, b"\r\n");
+    Ok(Parsed::Final(
+        len,
+        Head {
+            status,
+            framing,
+            keep_alive: !connection_close && framing != Framing::UntilClose,
+        },
+    ))
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// RFC 9110 §7.6.1 connection-specific fields.
+fn is_hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Decodes a chunked body as it arrives and writes it re-chunked.
+#[derive(Debug, Default)]
+pub struct Dechunk {
+    state: State,
+    trailer_bytes: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum State {
+    #[default]
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+impl Dechunk {
+    /// Consumes what it can of `input`, writing the data re-chunked (and the last chunk,
+    /// at the end) into `out`; returns how many bytes it consumed. Bytes of an unfinished
+    /// size line or trailer stay unconsumed until more arrive.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, BadResponse> {
+        let mut at = 0;
+        loop {
+            let rest = &input[at..];
+            match self.state {
+                State::Done => return Ok(at),
+                State::Size => match httparse::parse_chunk_size(rest) {
+                    Ok(httparse::Status::Complete((n, 0))) => {
+                        at += n;
+                        self.state = State::Trailers;
+                    }
+                    Ok(httparse::Status::Complete((n, size))) => {
+                        at += n;
+                        self.state = State::Data(size);
+                    }
+                    Ok(httparse::Status::Partial) if rest.len() < MAX_CHUNK_LINE => return Ok(at),
+                    _ => return Err(BadResponse::Chunk),
+                },
+                State::Data(left) => {
+                    if rest.is_empty() {
+                        return Ok(at);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(rest.len());
+                    push_chunk(out, &rest[..take]);
+                    at += take;
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        State::DataEnd
+                    } else {
+                        State::Data(left)
+                    };
+                }
+                State::DataEnd => {
+                    if rest.len() < 2 {
+                        return Ok(at);
+                    }
+                    if &rest[..2] != b"\r\n" {
+                        return Err(BadResponse::Chunk);
+                    }
+                    at += 2;
+                    self.state = State::Size;
+                }
+                State::Trailers => {
+                    // Trailer lines are dropped, up to the empty line that ends the body.
+                    let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                        if self.trailer_bytes + rest.len() > MAX_TRAILERS {
+                            return Err(BadResponse::Chunk);
+                        }
+                        return Ok(at);
+                    };
+                    let line = &rest[..nl];
+                    at += nl + 1;
+                    self.trailer_bytes += nl + 1;
+                    if self.trailer_bytes > MAX_TRAILERS {
+                        return Err(BadResponse::Chunk);
+                    }
+                    if line.is_empty() || line == b"\r" {
+                        push(out, LAST_CHUNK);
+                        self.state = State::Done;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, head_request: bool) -> Result<(Head, String), BadResponse> {
+        let mut out = Vec::new();
+        match translate_head(
+            raw.as_bytes(),
+            head_request,
+            false,
+            Timestamp::from_unix_secs(0),
+            &mut out,
+        )? {
+            Parsed::Final(n, h) => {
+                assert_eq!(n, raw.len());
+                Ok((h, String::from_utf8(out).unwrap()))
+            }
+            _ => panic!("not a final head"),
+        }
+    }
+
+    #[test]
+    fn heads_are_rewritten_for_the_client() {
+        let (h, text) = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+             Set-Cookie: __Host-twinward=evil\r\nSet-Cookie: theme=dark\r\nDate: Thu, 26 Nov 2026 07:00:00 GMT\r\nX-Keep: 1\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            h,
+            Head {
+                status: 200,
+                framing: Framing::Length(5),
+                keep_alive: true
+            }
+        );
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nSet-Cookie: theme=dark\r\nDate: Thu, 26 Nov 2026 07:00:00 GMT\r\nX-Keep: 1\r\n\r\n"
+        );
+        let (h, text) = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            h,
+            Head {
+                status: 200,
+                framing: Framing::Chunked,
+                keep_alive: false
+            }
+        );
+        assert!(text.contains("transfer-encoding: chunked\r\n") && text.contains("date: "));
+        let (h, _) = head(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(!h.keep_alive);
+        let (h, text) = head("HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
+        assert_eq!(h.framing, Framing::UntilClose);
+        assert!(!h.keep_alive && text.contains("transfer-encoding: chunked"));
+        let (h, text) = head("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true).unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        assert!(text.contains("Content-Length: 10"));
+        assert_eq!(
+            head("HTTP/1.1 304 Not Modified\r\n\r\n", false)
+                .unwrap()
+                .0
+                .framing,
+            Framing::Empty
+        );
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(head(raw, false).unwrap_err(), BadResponse::Framing, "{raw}");
+        }
+        assert_eq!(
+            head("HTTP/1.1 101 Switching Protocols\r\n\r\n", false).unwrap_err(),
+            BadResponse::Switched
+        );
+        let mut out = Vec::new();
+        assert!(matches!(
+            translate_head(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200", false, false, Timestamp::from_unix_secs(0), &mut out),
+            Ok(Parsed::Interim(n)) if n == "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n".len()
+        ));
+        assert!(matches!(
+            translate_head(
+                b"HTTP/1.1 200 OK\r\nA: b\r\n",
+                false,
+                false,
+                Timestamp::from_unix_secs(0),
+                &mut out
+            ),
+            Ok(Parsed::Partial)
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn chunked_bodies_are_rechunked_in_any_split() {
+        let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer-A: 1\r\n\r\nNEXT";
+        for split in 0..body.len() {
+            let mut d = Dechunk::default();
+            let mut out = Vec::new();
+            let mut pending = body[..split].to_vec();
+            let used = d.feed(&pending, &mut out).unwrap();
+            pending.drain(..used);
+            pending.extend_from_slice(&body[split..]);
+            let used = d.feed(&pending, &mut out).unwrap();
+            assert!(d.is_done(), "split {split}");
+            assert_eq!(&pending[used..], b"NEXT");
+            let text = String::from_utf8(out.clone()).unwrap();
+            assert!(!text.contains("ext") && !text.contains("Trailer"), "{text}");
+            assert!(text.ends_with("0\r\n\r\n"));
+            let plain = String::from_utf8(unchunk(&out)).unwrap();
+            assert_eq!(plain, "hello world");
+        }
+    }
+
+    /// The data of a well-formed chunked body.
+    fn unchunk(mut body: &[u8]) -> Vec<u8> {
+        let mut data = Vec::new();
+        loop {
+            let Ok(httparse::Status::Complete((n, size))) = httparse::parse_chunk_size(body) else {
+                panic!("bad chunk size line");
+            };
+            body = &body[n..];
+            if size == 0 {
+                assert_eq!(body, b"\r\n");
+                return data;
+            }
+            let size = size as usize;
+            data.extend_from_slice(&body[..size]);
+            assert_eq!(&body[size..size + 2], b"\r\n");
+            body = &body[size + 2..];
+        }
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for body in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"ffffffffffffffffff\r\n"] {
+            let mut d = Dechunk::default();
+            assert_eq!(
+                d.feed(body, &mut Vec::new()).unwrap_err(),
+                BadResponse::Chunk,
+                "{:?}",
+                body
+            );
+        }
+        let mut d = Dechunk::default();
+        let mut long = b"1;".to_vec();
+        long.resize(MAX_CHUNK_LINE + 1, b'x');
+        assert!(d.feed(&long, &mut Vec::new()).is_err());
+    }
+}

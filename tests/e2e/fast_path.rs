@@ -1,0 +1,474 @@
+//! The HTTP/1.1 fast path (plain bodiless requests read and forwarded from the sockets)
+//! against a twin that speaks raw HTTP/1.1, so the tests control every byte of the twin's
+//! answers and see every byte of what it receives, header case included. Header case is
+//! how a test knows which path served a request: the fast path passes names as sent,
+//! hyper sends them in lower case.
+
+use crate::common::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A twin speaking raw HTTP/1.1: records each request head as received and answers with
+/// the bytes `answer(path)` gives, closing the connection after them when it says so.
+struct RawTwin {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawTwin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Answer = fn(&str) -> (Vec<u8>, bool);
+
+impl RawTwin {
+    async fn start(answer: Answer) -> RawTwin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (h, c) = (heads.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let heads = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(end) = read_until_head_end(&mut s, &mut buf).await else {
+                            return;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end);
+                        // Bodies are skipped (by Content-Length: the tests send no chunked ones).
+                        let body_len: usize = header_of(&head, "content-length")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < body_len {
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..body_len);
+                        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                        heads.lock().unwrap().push(head);
+                        let (bytes, close) = answer(&path);
+                        if s.write_all(&bytes).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawTwin {
+            addr,
+            heads,
+            connections,
+            task,
+        }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+async fn read_until_head_end(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// A head's header lines as (lower-case name → values); the names as sent in `cased`.
+fn header_set(head: &str) -> (BTreeMap<String, Vec<String>>, Vec<String>) {
+    let mut set: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut cased = Vec::new();
+    for (k, v) in head.split("\r\n").skip(1).filter_map(|l| l.split_once(':')) {
+        cased.push(k.to_owned());
+        set.entry(k.to_ascii_lowercase())
+            .or_default()
+            .push(v.trim().to_owned());
+    }
+    (set, cased)
+}
+
+/// A response read off a client connection, body decoded.
+#[derive(Debug)]
+struct Got {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads more of a response into `buf`.
+async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) {
+    let mut chunk = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+        .await
+        .expect("body in time")
+        .unwrap();
+    assert!(n > 0, "connection closed mid-body");
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+/// Reads one response from `s` (after request method `method`), keeping any bytes after it
+/// in `buf` for the next.
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, method: &str) -> Got {
+    let end = tokio::time::timeout(Duration::from_secs(10), read_until_head_end(s, buf))
+        .await
+        .expect("response head in time")
+        .expect("a response head");
+    let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+    buf.drain(..end);
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut got = Got {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if method == "HEAD" || status == 204 || status == 304 {
+        return got;
+    }
+    if got
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                fill(s, buf).await;
+            };
+            let size_line = String::from_utf8(buf[..line_end].to_vec()).unwrap();
+            let size = usize::from_str_radix(size_line.trim(), 16)
+                .unwrap_or_else(|_| panic!("gateway sent chunk size line {size_line:?}"));
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                fill(s, buf).await;
+            }
+            assert_eq!(&buf[size..size + 2], b"\r\n", "chunk not ended by CRLF");
+            if size == 0 {
+                buf.drain(..2);
+                return got;
+            }
+            got.body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+        }
+    }
+    let len: usize = got
+        .header("content-length")
+        .expect("a framed response")
+        .parse()
+        .unwrap();
+    while buf.len() < len {
+        fill(s, buf).await;
+    }
+    got.body = buf.drain(..len).collect();
+    got
+}
+
+fn ok_with_path(path: &str) -> (Vec<u8>, bool) {
+    let body = format!("you asked for {path}");
+    (
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Twin: raw\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+        false,
+    )
+}
+
+async fn gateway_for(twin: &RawTwin) -> (Gateway, String) {
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![RouteSpec::new(
+            "plant-7", "/plant-7", twin.addr, "plant-7", 2,
+        )],
+        server_extra: "workers = 1".into(),
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    (gw, token)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_paths_forward_the_same_request_to_the_twin() {
+    let twin = RawTwin::start(ok_with_path).await;
+    let (gw, token) = gateway_for(&twin).await;
+    // The same request, once plain (fast path) and once with an empty body (hyper).
+    let request = |extra: &str| {
+        format!(
+            "GET /plant-7/a/../sensors?window=5m HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+             X-Custom-Case: kept\r\nX-Twinward-Assertion: forged\r\nx-twinward-anything: x\r\n\
+             X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nForwarded: for=6.6.6.6\r\n\
+             X-Real-IP: 6.6.6.6\r\nX-Original-URL: /admin\r\nCookie: __Host-twinward=stolen; theme=dark\r\n\
+             Cookie: twinward-login=x; lang=en\r\nAccept: */*\r\n{extra}\r\n",
+            gw.addr
+        )
+    };
+    let mut heads = Vec::new();
+    for extra in ["", "Content-Length: 0\r\n"] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(request(extra).as_bytes()).await.unwrap();
+        let got = read_response(&mut s, &mut Vec::new(), "GET").await;
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+        assert_eq!(got.body, b"you asked for /plant-7/sensors?window=5m");
+        assert_eq!(got.header("x-twin"), Some("raw"));
+        heads.push(twin.heads().last().unwrap().clone());
+    }
+    let (fast, fast_names) = header_set(&heads[0]);
+    let (slow, slow_names) = header_set(&heads[1]);
+    // Which path served which: the fast path keeps header case, hyper lower-cases.
+    assert!(
+        fast_names.iter().any(|n| n == "X-Custom-Case"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        slow_names.iter().all(|n| *n == n.to_ascii_lowercase()),
+        "{}",
+        heads[1]
+    );
+    for head in &heads {
+        assert!(
+            head.starts_with("GET /plant-7/sensors?window=5m HTTP/1.1\r\n"),
+            "{head}"
+        );
+    }
+    for set in [&fast, &slow] {
+        assert!(set.get("authorization").is_none(), "client token leaked");
+        assert!(!heads.iter().any(|h| h.contains(&token)));
+        assert_eq!(set["x-twinward-assertion"].len(), 1);
+        assert_ne!(set["x-twinward-assertion"][0], "forged");
+        assert!(set.get("x-twinward-anything").is_none());
+        assert_eq!(set["x-forwarded-for"], ["127.0.0.1"]);
+        assert_eq!(set["x-forwarded-host"], [gw.addr.to_string()]);
+        assert_eq!(set["x-forwarded-proto"], ["http"]);
+        for gone in ["forwarded", "x-real-ip", "x-original-url"] {
+            assert!(set.get(gone).is_none(), "{gone} passed on");
+        }
+        assert_eq!(set["cookie"], ["theme=dark; lang=en"]);
+    }
+    // Apart from the empty body's length, the twin received the same headers either way.
+    let mut slow = slow;
+    slow.remove("content-length");
+    let without_assertion = |m: &BTreeMap<String, Vec<String>>| {
+        let mut m = m.clone();
+        m.remove("x-twinward-assertion");
+        m
+    };
+    assert_eq!(without_assertion(&fast), without_assertion(&slow));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let twin = RawTwin::start(ok_with_path).await;
+    let (gw, token) = gateway_for(&twin).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut all = String::new();
+    for p in ["one", "two", "three"] {
+        all.push_str(&format!(
+            "GET /plant-7/{p} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n"
+        ));
+    }
+    s.write_all(all.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    for p in ["one", "two", "three"] {
+        let got = read_response(&mut s, &mut buf, "GET").await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body, format!("you asked for /plant-7/{p}").as_bytes());
+    }
+    assert_eq!(twin.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_split_over_many_writes_is_read_whole() {
+    let twin = RawTwin::start(ok_with_path).await;
+    let (gw, token) = gateway_for(&twin).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!(
+        "GET /plant-7/slowly HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    for piece in req.as_bytes().chunks(7) {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got = read_response(&mut s, &mut Vec::new(), "GET").await;
+    assert_eq!(got.body, b"you asked for /plant-7/slowly");
+}
+
+fn framed_answers(path: &str) -> (Vec<u8>, bool) {
+    let bytes: &[u8] = match path {
+        "/plant-7/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nSet-Cookie: __Host-twinward=planted\r\nSet-Cookie: theme=dark\r\n\r\n5;ext=x\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        "/plant-7/until-close" => {
+            return (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody until close".to_vec(), true)
+        }
+        "/plant-7/interim" => b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "/plant-7/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+        "/plant-7/smuggle" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "/plant-7/two-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        "/plant-7/switch" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+        _ => return ok_with_path(path),
+    };
+    (bytes.to_vec(), false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twin_bodies_of_every_framing_reach_the_client_and_the_connection_goes_on() {
+    let twin = RawTwin::start(framed_answers).await;
+    let (gw, token) = gateway_for(&twin).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let ask = |method: &str, path: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n")
+    };
+    let req = ask("GET", "/plant-7/chunked");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let got = read_response(&mut s, &mut buf, "GET").await;
+    assert_eq!(got.body, b"hello world");
+    // Chunk extensions and trailers stay behind; so does a cookie in the gateway's name.
+    let cookies: Vec<&str> = got
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, ["theme=dark"]);
+    assert!(got.header("x-trailer").is_none());
+
+    let req = ask("GET", "/plant-7/until-close");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let got = read_response(&mut s, &mut buf, "GET").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, b"body until close");
+    assert_eq!(got.header("transfer-encoding"), Some("chunked"));
+
+    let req = ask("GET", "/plant-7/interim");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let got = read_response(&mut s, &mut buf, "GET").await;
+    assert_eq!((got.status, got.body.as_slice()), (200, &b"ok"[..]));
+
+    let req = ask("HEAD", "/plant-7/head");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let got = read_response(&mut s, &mut buf, "HEAD").await;
+    assert_eq!(
+        (got.status, got.header("content-length")),
+        (200, Some("10"))
+    );
+
+    let req = ask("GET", "/plant-7/after");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let got = read_response(&mut s, &mut buf, "GET").await;
+    assert_eq!(got.body, b"you asked for /plant-7/after");
+    assert!(buf.is_empty(), "bytes after the last response: {buf:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ambiguous_twin_responses_are_502_and_never_relayed() {
+    let twin = RawTwin::start(framed_answers).await;
+    let (gw, token) = gateway_for(&twin).await;
+    for path in [
+        "/plant-7/smuggle",
+        "/plant-7/two-lengths",
+        "/plant-7/switch",
+    ] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let got = read_response(&mut s, &mut Vec::new(), "GET").await;
+        assert_eq!(got.status, 502, "{path}");
+        assert_eq!(got.header("content-type"), Some("application/problem+json"));
+        let problem: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+        assert!(problem["decision_id"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_moves_to_hyper_at_its_first_request_with_a_body() {
+    let twin = RawTwin::start(ok_with_path).await;
+    let (gw, token) = gateway_for(&twin).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    s.write_all(
+        format!("GET /plant-7/first HTTP/1.1\r\nHost: gw\r\n{auth}X-Case: A\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf, "GET").await.status, 200);
+    s.write_all(
+        format!("GET /plant-7/second HTTP/1.1\r\nHost: gw\r\n{auth}Content-Length: 3\r\nX-Case: B\r\n\r\nabc").as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf, "GET").await.status, 200);
+    s.write_all(
+        format!("GET /plant-7/third HTTP/1.1\r\nHost: gw\r\n{auth}X-Case: C\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let third = read_response(&mut s, &mut buf, "GET").await;
+    assert_eq!(third.status, 200);
+    let heads = twin.heads();
+    assert!(
+        heads[0].contains("X-Case: A"),
+        "first: fast path\n{}",
+        heads[0]
+    );
+    assert_eq!(heads.len(), 3);
+    assert!(
+        heads[1].contains("x-case: B") && heads[1].contains("content-length: 3"),
+        "second: hyper, with its body\n{}",
+        heads[1]
+    );
+    assert!(
+        heads[2].contains("x-case: C"),
+        "third: hyper keeps the connection\n{}",
+        heads[2]
+    );
+}
