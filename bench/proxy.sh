@@ -9,10 +9,11 @@
 # ratios c/a and c/b, then p50/p99 of all three at the same paced rate, half of twinward's
 # maximum, and the p99 twinward adds there.
 #
-#   bash bench/proxy.sh                  # 10 s per measurement
+#   bash bench/proxy.sh                  # 3 rounds of 10 s per measurement
 #   DURATION=30 bash bench/proxy.sh      # longer
 #
-# Settings (environment): DURATION (s, default 10), WARMUP (s, 3), CONNECTIONS (64),
+# Settings (environment): DURATION (s, default 10), ROUNDS (measurements per target, taking
+# turns; the median is reported, default 3), WARMUP (s, 3), CONNECTIONS (64),
 # THREADS (wrk threads, 2), WORKERS (nginx and twinward workers, default: cores),
 # UPSTREAM_WORKERS (1), TWINWARD_BIN (a twinward binary to measure instead of building
 # one; for A/B runs), KEEP=1 keeps the temp directory (configs, logs, wrk output).
@@ -21,6 +22,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
 WARMUP="${WARMUP:-3}"
 CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
@@ -245,22 +247,42 @@ warm "$DIRECT_URL"
 warm "$NGINX_URL"
 warm "${AUTH[@]}" "$TW_URL"
 
-echo "== full load"
-measure direct "$DIRECT_URL" 0
-A_RPS=$RPS A_P50=$P50 A_P99=$P99
-measure nginx "$NGINX_URL" 0
-B_RPS=$RPS B_P50=$P50 B_P99=$P99
-measure twinward "$TW_URL" 0 "${AUTH[@]}"
-C_RPS=$RPS C_P50=$P50 C_P99=$P99
+# The machine's speed drifts between runs (other tenants, CPU frequency), so each target is
+# measured ROUNDS times, the targets taking turns, and the run with the median req/s (full
+# load) or median p99 (paced) is reported for each.
+median_of() { sort -n -k"$1" | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
+
+echo "== full load, $ROUNDS rounds"
+A_RUNS="" B_RUNS="" C_RUNS=""
+for round in $(seq 1 "$ROUNDS"); do
+  measure "direct-$round" "$DIRECT_URL" 0
+  A_RUNS+="$RPS $P50 $P99"$'\n'
+  a=$RPS
+  measure "nginx-$round" "$NGINX_URL" 0
+  B_RUNS+="$RPS $P50 $P99"$'\n'
+  b=$RPS
+  measure "twinward-$round" "$TW_URL" 0 "${AUTH[@]}"
+  C_RUNS+="$RPS $P50 $P99"$'\n'
+  printf '   round %d: direct %.0f, nginx %.0f, twinward %.0f req/s\n' "$round" "$a" "$b" "$RPS"
+done
+read -r A_RPS A_P50 A_P99 <<<"$(printf '%s' "$A_RUNS" | median_of 1)"
+read -r B_RPS B_P50 B_P99 <<<"$(printf '%s' "$B_RUNS" | median_of 1)"
+read -r C_RPS C_P50 C_P99 <<<"$(printf '%s' "$C_RUNS" | median_of 1)"
 
 HALF="$(awk -v r="$C_RPS" 'BEGIN { printf "%d", r / 2 }')"
-echo "== paced at $HALF req/s (half of twinward's maximum), same $CONNECTIONS connections"
-measure direct-half "$DIRECT_URL" "$HALF"
-LA_RPS=$RPS LA_P50=$P50 LA_P99=$P99
-measure nginx-half "$NGINX_URL" "$HALF"
-LB_RPS=$RPS LB_P50=$P50 LB_P99=$P99
-measure twinward-half "$TW_URL" "$HALF" "${AUTH[@]}"
-LC_RPS=$RPS LC_P50=$P50 LC_P99=$P99
+echo "== paced at $HALF req/s (half of twinward's median maximum), same $CONNECTIONS connections, $ROUNDS rounds"
+LA_RUNS="" LB_RUNS="" LC_RUNS=""
+for round in $(seq 1 "$ROUNDS"); do
+  measure "direct-half-$round" "$DIRECT_URL" "$HALF"
+  LA_RUNS+="$RPS $P50 $P99"$'\n'
+  measure "nginx-half-$round" "$NGINX_URL" "$HALF"
+  LB_RUNS+="$RPS $P50 $P99"$'\n'
+  measure "twinward-half-$round" "$TW_URL" "$HALF" "${AUTH[@]}"
+  LC_RUNS+="$RPS $P50 $P99"$'\n'
+done
+read -r LA_RPS LA_P50 LA_P99 <<<"$(printf '%s' "$LA_RUNS" | median_of 3)"
+read -r LB_RPS LB_P50 LB_P99 <<<"$(printf '%s' "$LB_RUNS" | median_of 3)"
+read -r LC_RPS LC_P50 LC_P99 <<<"$(printf '%s' "$LC_RUNS" | median_of 3)"
 
 ADDED_P99="$(awk -v c="$LC_P99" -v a="$LA_P99" 'BEGIN { printf "%d", c - a }')"
 CB="$(ratio "$C_RPS" "$B_RPS")"

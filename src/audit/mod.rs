@@ -6,6 +6,7 @@
 //! the request path never waits on the database unless the queue is full.
 
 pub mod chain;
+mod json;
 pub mod sink;
 
 pub use chain::{verify_chain, ChainError, GENESIS};
@@ -169,18 +170,40 @@ pub struct PreparedEvent<'a> {
     pub route: &'a Option<String>,
     pub action: &'a Option<String>,
     pub policies: &'a [String],
-    pub detail: &'a serde_json::value::RawValue,
+    /// JSON text, written as it is.
+    #[serde(serialize_with = "raw_json")]
+    pub detail: &'a str,
+}
+
+fn raw_json<S: serde::Serializer>(text: &&str, s: S) -> Result<S::Ok, S::Error> {
+    let raw = serde_json::value::RawValue::from_string((*text).to_owned())
+        .map_err(serde::ser::Error::custom)?;
+    raw.serialize(s)
 }
 
 impl AuditEvent {
-    /// The detail as JSON text (object keys sorted, as serde_json writes a `Value`).
-    pub fn detail_json(&self) -> Box<serde_json::value::RawValue> {
-        let text = serde_json::to_string(&self.detail).unwrap_or_else(|_| "{}".to_owned());
-        serde_json::value::RawValue::from_string(text)
-            .unwrap_or_else(|_| Box::<serde_json::value::RawValue>::default())
+    /// The detail as JSON text, as stored and hashed.
+    pub fn detail_json(&self) -> String {
+        match &self.detail {
+            Detail::Access(d) => {
+                let mut out = Vec::with_capacity(192);
+                json::write_access_detail(&mut out, d);
+                String::from_utf8(out).unwrap_or_else(|_| "{}".to_owned())
+            }
+            Detail::Json(_) => {
+                serde_json::to_string(&self.detail).unwrap_or_else(|_| "{}".to_owned())
+            }
+        }
     }
 
-    pub fn prepared<'a>(&'a self, detail: &'a serde_json::value::RawValue) -> PreparedEvent<'a> {
+    /// The determining policies as stored: a JSON array of their ids.
+    pub fn policies_json(&self) -> String {
+        let mut out = Vec::with_capacity(64);
+        json::push_str_array(&mut out, &self.policies);
+        String::from_utf8(out).unwrap_or_else(|_| "[]".to_owned())
+    }
+
+    pub fn prepared<'a>(&'a self, detail: &'a str) -> PreparedEvent<'a> {
         PreparedEvent {
             event_id: &self.event_id,
             at_ms: self.at_ms,
@@ -255,7 +278,7 @@ mod tests {
         let h = hash_event("prev", 7, &e.prepared(&detail));
         assert_eq!(h, hash_event("prev", 7, &e));
         assert_eq!(h, hash_event("prev", 7, &OwnedEvent::from(&e)));
-        let stored: serde_json::Value = serde_json::from_str(detail.get()).unwrap();
+        let stored: serde_json::Value = serde_json::from_str(&detail).unwrap();
         assert_eq!(Detail::from(stored), e.detail);
     }
 
@@ -275,7 +298,7 @@ mod tests {
         }));
         e.detail.set_reason("denied by policy");
         let detail = e.detail_json();
-        let read_back: serde_json::Value = serde_json::from_str(detail.get()).unwrap();
+        let read_back: serde_json::Value = serde_json::from_str(&detail).unwrap();
         assert_eq!(read_back["client_ip"], "2001:db8::1");
         assert_eq!(read_back["purpose"], serde_json::Value::Null);
         assert_eq!(read_back["reason"], "denied by policy");
@@ -284,6 +307,11 @@ mod tests {
         assert_eq!(owned.detail, read_back);
         assert_eq!(
             hash_event("prev", 3, &e.prepared(&detail)),
+            hash_event("prev", 3, &owned)
+        );
+        // The writer's own JSON hashes the same bytes.
+        assert_eq!(
+            super::chain::hash_prepared("prev", 3, &e.prepared(&detail)),
             hash_event("prev", 3, &owned)
         );
     }

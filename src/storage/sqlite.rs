@@ -3,7 +3,7 @@
 //! never chain onto the same tail.
 
 use super::{PasskeyRecord, StorageError, Store, TokenRecord, UserRecord};
-use crate::audit::chain::{hash_event, GENESIS};
+use crate::audit::chain::{hash_prepared, GENESIS};
 use crate::audit::{AuditEvent, OwnedEvent, StoredEvent};
 use crate::identity::api_token::TokenHash;
 use futures_util::future::BoxFuture;
@@ -175,12 +175,9 @@ impl super::AuditAppender for SqliteAuditAppender {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let tail: Option<(i64, String)> = {
             use rusqlite::OptionalExtension;
-            tx.query_row(
-                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?
+            tx.prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
         };
         let (mut seq, mut prev) = tail.unwrap_or((0, GENESIS.to_owned()));
         {
@@ -191,8 +188,8 @@ impl super::AuditAppender for SqliteAuditAppender {
                 seq += 1;
                 // The detail is written as JSON once, and that text is both hashed and stored.
                 let detail = e.detail_json();
-                let hash = hash_event(&prev, seq, &e.prepared(&detail));
-                let policies = serde_json::to_string(&e.policies).unwrap_or_else(|_| "[]".into());
+                let hash = hash_prepared(&prev, seq, &e.prepared(&detail));
+                let policies = e.policies_json();
                 insert.execute(rusqlite::params![
                     seq,
                     e.event_id,
@@ -204,7 +201,7 @@ impl super::AuditAppender for SqliteAuditAppender {
                     e.route,
                     e.action,
                     policies,
-                    detail.get(),
+                    detail,
                     prev,
                     hash,
                 ])?;
@@ -342,7 +339,7 @@ impl Store for SqliteStore {
                     seq += 1;
                     // The detail is written as JSON once, and that text is both hashed and stored.
                     let detail = e.detail_json();
-                    let hash = hash_event(&prev, seq, &e.prepared(&detail));
+                    let hash = hash_prepared(&prev, seq, &e.prepared(&detail));
                     rows.push((
                         seq,
                         e,
@@ -362,10 +359,8 @@ impl Store for SqliteStore {
                         .push_bind(e.actor_pseudonym.as_deref())
                         .push_bind(e.route.as_deref())
                         .push_bind(e.action.as_deref())
-                        .push_bind(
-                            serde_json::to_string(&e.policies).unwrap_or_else(|_| "[]".into()),
-                        )
-                        .push_bind(String::from(Box::<str>::from(detail)))
+                        .push_bind(e.policies_json())
+                        .push_bind(detail)
                         .push_bind(prev_hash)
                         .push_bind(hash);
                 });

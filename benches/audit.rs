@@ -1,0 +1,68 @@
+//! What the audit writer pays per event: `AuditAppender::append` on SQLite (chain hashing,
+//! JSON of the detail, the insert, the commit and the WAL checkpoints it triggers) for
+//! transactions of 128 typical access events, as the writer commits them; and the chain
+//! hash of one event alone. `cargo bench --bench audit`; throughput is in events.
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use twinward::audit::chain::hash_prepared;
+use twinward::audit::{AccessDetail, AuditEvent, Detail};
+use twinward::clock::Timestamp;
+use twinward::storage::sqlite::SqliteStore;
+use twinward::storage::Store;
+
+/// An allowed request as the gateway records it.
+fn access_event(i: u64) -> AuditEvent {
+    let mut e = AuditEvent::new("access", "allow", Timestamp::from_unix_secs(1_795_000_000));
+    e.actor = Some("sim-7".into());
+    e.actor_pseudonym = Some("cYPHAKddsKx2Ux_4B5axZBuBmwwMgdN-yCM5C9m7i0Q".into());
+    e.route = Some("plant-7".into());
+    e.action = Some("read".into());
+    e.policies = vec!["sim-runners-sandbox".into()];
+    e.detail = Detail::Access(Box::new(AccessDetail {
+        method: "GET".into(),
+        path: format!("/plant-7/sensors/{i}"),
+        client_ip: "192.0.2.7".parse().unwrap(),
+        twin: "plant-7".into(),
+        purpose: None,
+        token_id: Some("01a216c0-6b40-74d3-9a17-bae1cacfb354".into()),
+        session: None,
+        errors: Vec::new(),
+        reason: None,
+    }));
+    e
+}
+
+const PREV: &str = "09b9b183eefb59da858b3369f852e2db74483df4fb57fc9a13a2132c11798fba";
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/audit.db", dir.path().display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(SqliteStore::open(&url)).unwrap();
+    let mut appender = store.audit_appender().unwrap().unwrap();
+    let mut g = c.benchmark_group("audit");
+    g.throughput(Throughput::Elements(128));
+    let mut n = 0u64;
+    g.bench_function("append_128_events", |b| {
+        b.iter_batched(
+            || {
+                n += 128;
+                (n..n + 128).map(access_event).collect::<Vec<_>>()
+            },
+            |events| appender.append(&events).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.throughput(Throughput::Elements(1));
+    let e = access_event(1);
+    g.bench_function("chain_hash_one_event", |b| {
+        b.iter(|| {
+            let detail = e.detail_json();
+            black_box(hash_prepared(black_box(PREV), 42, &e.prepared(&detail)))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
