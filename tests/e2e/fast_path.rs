@@ -221,22 +221,10 @@ fn ok_with_path(path: &str) -> (Vec<u8>, bool) {
     )
 }
 
-async fn gateway_for(twin: &RawTwin) -> (Gateway, String) {
-    let gw = Gateway::start(GatewayOptions {
-        routes: vec![RouteSpec::new(
-            "plant-7", "/plant-7", twin.addr, "plant-7", 2,
-        )],
-        server_extra: "workers = 1".into(),
-        ..Default::default()
-    });
-    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
-    (gw, token)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn both_paths_forward_the_same_request_to_the_twin() {
     let twin = RawTwin::start(ok_with_path).await;
-    let (gw, token) = gateway_for(&twin).await;
+    let (gw, token) = one_worker_gateway(twin.addr);
     // The same request, once plain (fast path) and once with an empty body (hyper).
     let request = |extra: &str| {
         format!(
@@ -305,7 +293,7 @@ async fn both_paths_forward_the_same_request_to_the_twin() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let twin = RawTwin::start(ok_with_path).await;
-    let (gw, token) = gateway_for(&twin).await;
+    let (gw, token) = one_worker_gateway(twin.addr);
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let mut all = String::new();
     for p in ["one", "two", "three"] {
@@ -326,7 +314,7 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_head_split_over_many_writes_is_read_whole() {
     let twin = RawTwin::start(ok_with_path).await;
-    let (gw, token) = gateway_for(&twin).await;
+    let (gw, token) = one_worker_gateway(twin.addr);
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let req = format!(
         "GET /plant-7/slowly HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n"
@@ -358,7 +346,7 @@ fn framed_answers(path: &str) -> (Vec<u8>, bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn twin_bodies_of_every_framing_reach_the_client_and_the_connection_goes_on() {
     let twin = RawTwin::start(framed_answers).await;
-    let (gw, token) = gateway_for(&twin).await;
+    let (gw, token) = one_worker_gateway(twin.addr);
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = Vec::new();
     let ask = |method: &str, path: &str| {
@@ -408,7 +396,7 @@ async fn twin_bodies_of_every_framing_reach_the_client_and_the_connection_goes_o
 #[tokio::test(flavor = "multi_thread")]
 async fn ambiguous_twin_responses_are_502_and_never_relayed() {
     let twin = RawTwin::start(framed_answers).await;
-    let (gw, token) = gateway_for(&twin).await;
+    let (gw, token) = one_worker_gateway(twin.addr);
     for path in [
         "/plant-7/smuggle",
         "/plant-7/two-lengths",
@@ -431,7 +419,7 @@ async fn ambiguous_twin_responses_are_502_and_never_relayed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_moves_to_hyper_at_its_first_request_with_a_body() {
     let twin = RawTwin::start(ok_with_path).await;
-    let (gw, token) = gateway_for(&twin).await;
+    let (gw, token) = one_worker_gateway(twin.addr);
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = Vec::new();
     let auth = format!("Authorization: Bearer {token}\r\n");

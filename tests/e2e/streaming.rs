@@ -504,20 +504,6 @@ async fn http2_from_clients_and_to_upstreams() {
 // e. Pooled keep-alive connections to upstreams.
 // ---------------------------------------------------------------------------------------
 
-/// A gateway with one worker (so every client connection shares the one upstream pool)
-/// routing /plant-7 to `upstream`, and a sim-runner token for it.
-fn one_worker_gateway(upstream: SocketAddr) -> (Gateway, String) {
-    let gw = Gateway::start(GatewayOptions {
-        routes: vec![RouteSpec::new(
-            "plant-7", "/plant-7", upstream, "plant-7", 2,
-        )],
-        server_extra: "workers = 1".into(),
-        ..Default::default()
-    });
-    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
-    (gw, token)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_connections_are_pooled_and_reused() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -61,6 +61,25 @@ pub enum Served {
     Handoff(TcpStream, Bytes),
 }
 
+/// The client connection's peer.
+struct Peer {
+    addr: SocketAddr,
+    /// For a peer that is not a trusted proxy: the client address and the
+    /// `X-Forwarded-For` sent for it, the same for every request on the connection (what
+    /// `proxy::client_ip` and `proxy::forwarding` give for such a peer).
+    direct: Option<(std::net::IpAddr, String)>,
+}
+
+impl Peer {
+    fn new(state: &AppState, addr: SocketAddr) -> Peer {
+        let direct = (!state.gateway.network.is_trusted(addr.ip())).then(|| {
+            let ip = crate::signals::network::canonical(addr.ip());
+            (ip, ip.to_string())
+        });
+        Peer { addr, direct }
+    }
+}
+
 /// Buffers one client connection reuses for all its requests.
 struct Buffers {
     /// Bytes read from the client and not yet answered.
@@ -79,6 +98,7 @@ pub async fn serve(
     peer: SocketAddr,
     stopping: &mut watch::Receiver<bool>,
 ) -> Served {
+    let peer = Peer::new(state, peer);
     let mut bufs = Buffers {
         client: BytesMut::with_capacity(4096),
         upstream_head: Vec::with_capacity(1024),
@@ -110,7 +130,7 @@ pub async fn serve(
                             &mut stream,
                             &mut bufs.upstream_head,
                             &mut bufs.out,
-                            peer,
+                            &peer,
                             plan,
                             stop_after,
                         )
@@ -223,14 +243,17 @@ async fn answer(
     stream: &mut TcpStream,
     upstream_head: &mut Vec<u8>,
     out: &mut Vec<u8>,
-    peer: SocketAddr,
+    peer: &Peer,
     plan: Plan<'_>,
     stopping: bool,
 ) -> bool {
     let gw = &state.gateway;
     let headers = plan.req.headers;
     let html = error::wants_html(headers);
-    let client_ip = proxy::client_ip(gw, peer.ip(), headers);
+    let client_ip = match &peer.direct {
+        Some((ip, _)) => *ip,
+        None => proxy::client_ip(gw, peer.addr.ip(), headers),
+    };
     let access = AccessRequest {
         route: &plan.route,
         method: plan.req.method,
@@ -306,7 +329,7 @@ async fn forward(
     stream: &mut TcpStream,
     upstream_head: &mut Vec<u8>,
     out: &mut Vec<u8>,
-    peer: SocketAddr,
+    peer: &Peer,
     client_ip: std::net::IpAddr,
     plan: &Plan<'_>,
     grant: &Grant,
@@ -328,7 +351,13 @@ async fn forward(
             write_response(stream, out, resp, head_request, close, gw.now()).await,
         );
     };
-    let (xff, proto) = proxy::forwarding(gw, peer, client_ip, plan.req.headers);
+    let (xff, proto) = match &peer.direct {
+        Some((_, text)) => (std::borrow::Cow::Borrowed(text.as_str()), "http"),
+        None => {
+            let (xff, proto) = proxy::forwarding(gw, peer.addr, client_ip, plan.req.headers);
+            (std::borrow::Cow::Owned(xff), proto)
+        }
+    };
     let bearer = cfg.credential_as_bearer.then_some(&*grant.credential.token);
     upstream_head.clear();
     request::write_upstream_head(

@@ -766,3 +766,17 @@ pub async fn two_plants() -> (Upstream, Gateway) {
     });
     (up, gw)
 }
+
+/// A gateway with one worker (so every client connection shares the one upstream pool)
+/// routing /plant-7 to `upstream`, and a sim-runner token for it.
+pub fn one_worker_gateway(upstream: SocketAddr) -> (Gateway, String) {
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![RouteSpec::new(
+            "plant-7", "/plant-7", upstream, "plant-7", 2,
+        )],
+        server_extra: "workers = 1".into(),
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    (gw, token)
+}
