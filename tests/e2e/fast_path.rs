@@ -460,3 +460,38 @@ async fn a_connection_moves_to_hyper_at_its_first_request_with_a_body() {
         heads[2]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_answers_the_request_in_flight_then_closes_the_connection() {
+    let up = Upstream::start().await; // answers paths with /slow after 3 s
+    let (gw, token) = one_worker_gateway(up.addr);
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        format!("GET /plant-7/slow HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    while up.count() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "request never reached the twin"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = std::process::Command::new("kill")
+        .args(["-TERM", &gw.pid().to_string()])
+        .output()
+        .expect("run kill");
+    assert!(out.status.success());
+    let mut buf = Vec::new();
+    let got = read_response(&mut s, &mut buf, "GET").await;
+    assert_eq!(got.status, 200, "the request in flight is answered");
+    let mut rest = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut rest))
+        .await
+        .expect("the connection closes after the answer")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "no more bytes, then the connection closes");
+}
