@@ -201,6 +201,9 @@ async fn connect_tcp(
     Ok(stream)
 }
 
+/// A pooled plain connection's read buffer: room for a typical response head and body.
+const RAW_BUFFER: usize = 16 * 1024;
+
 /// One route's idle HTTP/1.1 connections for the fast path: plain sockets, each with the
 /// bytes read from it but not yet used.
 pub struct RawPool {
@@ -222,13 +225,17 @@ impl RawPool {
     pub async fn connect(&self) -> Result<RawConn, UpstreamError> {
         Ok(RawConn {
             stream: connect_tcp(&self.authority, self.connect_timeout).await?,
-            buf: bytes::BytesMut::with_capacity(16 * 1024),
+            buf: bytes::BytesMut::with_capacity(RAW_BUFFER),
         })
     }
 
     /// Returns a connection whose last response was read to its end, and nothing beyond.
-    pub fn put_back(&self, conn: RawConn) {
+    /// A buffer grown by a large body is not kept while the connection idles.
+    pub fn put_back(&self, mut conn: RawConn) {
         debug_assert!(conn.buf.is_empty());
+        if conn.buf.capacity() > 2 * RAW_BUFFER {
+            conn.buf = bytes::BytesMut::with_capacity(RAW_BUFFER);
+        }
         self.idle.put_back(conn);
     }
 }
@@ -350,5 +357,25 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idle_connection_does_not_keep_a_grown_buffer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = RawPool {
+            authority: listener.local_addr().unwrap().to_string(),
+            connect_timeout: Duration::from_secs(1),
+            idle: IdleList::default(),
+        };
+        let mut conn = pool.connect().await.unwrap();
+        conn.buf.reserve(1 << 20); // as after relaying a large body
+        pool.put_back(conn);
+        let conn = pool.checkout().expect("the connection was pooled");
+        assert!(conn.buf.capacity() <= 2 * RAW_BUFFER);
     }
 }

@@ -52,6 +52,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Body bytes read from the twin per read while relaying.
 const RELAY_CHUNK: usize = 64 * 1024;
+/// The most output buffer a connection keeps between requests.
+const MAX_KEPT_OUT: usize = 64 * 1024;
 
 /// How the fast path left a connection.
 pub enum Served {
@@ -143,6 +145,10 @@ pub async fn serve(
             None => return Served::Handoff(stream, bufs.client.freeze()),
             Some(false) => return Served::Done,
             Some(true) => bufs.client.advance(head_len),
+        }
+        // A large response leaves `out` grown; an open connection does not keep that.
+        if bufs.out.capacity() > MAX_KEPT_OUT {
+            bufs.out = Vec::with_capacity(4096);
         }
         if *stopping.borrow() {
             return Served::Done;
