@@ -221,6 +221,42 @@ pub fn refusal(r: &Refused, html: bool, comeback: Comeback<'_>) -> Response<Body
     }
 }
 
+/// 504: the twin did not answer within the route's timeout.
+pub fn upstream_timeout(decision_id: &str) -> Response<Body> {
+    problem(
+        StatusCode::GATEWAY_TIMEOUT,
+        "Gateway Timeout",
+        "the twin service did not answer in time",
+        Some(decision_id),
+        false,
+    )
+}
+
+/// 502: the twin could not be reached, or answered in a way that cannot be passed on.
+pub fn bad_gateway(detail: &str, decision_id: &str) -> Response<Body> {
+    problem(
+        StatusCode::BAD_GATEWAY,
+        "Bad Gateway",
+        detail,
+        Some(decision_id),
+        false,
+    )
+}
+
+pub const UNREACHABLE: &str = "the twin service is unreachable";
+pub const SWITCHED_UNASKED: &str = "the twin service switched protocols unasked";
+
+/// 500: an allowed request whose credential could not be attached (fail closed).
+pub fn credential_unattached(decision_id: &str, html: bool) -> Response<Body> {
+    problem(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal Server Error",
+        "credential could not be attached",
+        Some(decision_id),
+        html,
+    )
+}
+
 pub fn not_found(html: bool) -> Response<Body> {
     problem(
         StatusCode::NOT_FOUND,

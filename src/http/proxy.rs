@@ -27,16 +27,29 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const ASSERTION: HeaderName = HeaderName::from_static(ASSERTION_HEADER);
 
 /// Forwarding and forward-auth headers a client may send; the gateway sets its own.
-const INBOUND_FORWARDING: [HeaderName; 9] = [
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-method"),
-    HeaderName::from_static("x-forwarded-uri"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-original-method"),
-    HeaderName::from_static("x-real-ip"),
-    header::FORWARDED,
+pub const INBOUND_FORWARDING: [&str; 9] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-method",
+    "x-forwarded-uri",
+    "x-original-url",
+    "x-original-method",
+    "x-real-ip",
+    "forwarded",
+];
+
+/// Connection-specific fields (RFC 9110 §7.6.1), never passed on in either direction.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "keep-alive",
+    "proxy-connection",
 ];
 pub const PURPOSE_HEADER: &str = "x-twinward-purpose";
 pub use super::cookies::GATEWAY_COOKIES;
@@ -122,6 +135,49 @@ pub fn client_ip<H: HeaderLines + ?Sized>(
         peer,
         joined(headers, "x-forwarded-for").as_deref(),
         joined(headers, "forwarded").as_deref(),
+    )
+}
+
+/// What authorization reads from a proxied request, read alike on both paths.
+pub fn access_request<'a, H: HeaderLines + ?Sized>(
+    gw: &'a crate::access::Gateway,
+    route: &'a Arc<Route>,
+    method: &'a str,
+    path: &'a NormalizedPath,
+    headers: &'a H,
+    client_ip: std::net::IpAddr,
+) -> AccessRequest<'a> {
+    AccessRequest {
+        route,
+        method,
+        path: path.as_str(),
+        bearer: bearer(headers),
+        session_cookie: gw
+            .signin
+            .as_ref()
+            .and_then(|s| super::cookies::get(headers, s.cfg.cookie_name)),
+        client_ip,
+        purpose: purpose(headers),
+    }
+}
+
+/// The answer to a refused request (`target`: the normalized target it was made for): a
+/// problem, or with browser sign-in a way back to it after signing in.
+pub fn refusal(
+    gw: &crate::access::Gateway,
+    refused: &crate::access::Refused,
+    html: bool,
+    host: Option<&str>,
+    target: &Uri,
+) -> Response<Body> {
+    let back = gw
+        .signin
+        .as_ref()
+        .map(|s| (s, error::return_url(&s.cfg, host, target)));
+    error::refusal(
+        refused,
+        html,
+        back.as_ref().map(|(s, b)| (&s.cfg, b.as_str())),
     )
 }
 
@@ -224,15 +280,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// Removes the client's credentials and anything that claims to come from the gateway.
@@ -335,30 +383,9 @@ pub async fn handle(
     let route = route.clone();
     let headers = req.headers();
     let client_ip = client_ip(gw, peer.ip(), headers);
-    let access = AccessRequest {
-        route: &route,
-        method: req.method().as_str(),
-        path: path.as_str(),
-        bearer: bearer(headers),
-        session_cookie: gw
-            .signin
-            .as_ref()
-            .and_then(|s| super::cookies::get(headers, s.cfg.cookie_name)),
-        client_ip,
-        purpose: purpose(headers),
-    };
+    let access = access_request(gw, &route, req.method().as_str(), &path, headers, client_ip);
     let resp = match gw.authorize(&access).await {
-        Err(refused) => {
-            let back = gw
-                .signin
-                .as_ref()
-                .map(|s| (s, error::return_url(&s.cfg, host.as_deref(), req.uri())));
-            error::refusal(
-                &refused,
-                html,
-                back.as_ref().map(|(s, b)| (&s.cfg, b.as_str())),
-            )
-        }
+        Err(refused) => refusal(gw, &refused, html, host.as_deref(), req.uri()),
         Ok(grant) => {
             forward(
                 &state,
@@ -425,8 +452,11 @@ async fn forward(
     strip_client_credentials(headers);
     // Most requests carry none of these: one pass over the names instead of a removal
     // (hash and probe) per name.
-    if headers.keys().any(|k| INBOUND_FORWARDING.contains(k)) {
-        for h in &INBOUND_FORWARDING {
+    if headers
+        .keys()
+        .any(|k| INBOUND_FORWARDING.contains(&k.as_str()))
+    {
+        for h in INBOUND_FORWARDING {
             headers.remove(h);
         }
     }
@@ -441,13 +471,7 @@ async fn forward(
         headers.insert(header::HOST, h.clone());
     }
     let Some(cred) = credential.header.clone() else {
-        return error::problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal Server Error",
-            "credential could not be attached",
-            Some(decision_id),
-            html,
-        );
+        return error::credential_unattached(decision_id, html);
     };
     if cfg.credential_as_bearer {
         if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", credential.token)) {
@@ -481,36 +505,18 @@ async fn forward(
     let mut resp = match result {
         Err(_) => {
             tracing::warn!(route = %cfg.name, decision_id, "upstream timed out");
-            return error::problem(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Gateway Timeout",
-                "the twin service did not answer in time",
-                Some(decision_id),
-                false,
-            );
+            return error::upstream_timeout(decision_id);
         }
         Ok(Err(e)) => {
             tracing::warn!(route = %cfg.name, decision_id, error = %e, "upstream unreachable");
-            return error::problem(
-                StatusCode::BAD_GATEWAY,
-                "Bad Gateway",
-                "the twin service is unreachable",
-                Some(decision_id),
-                false,
-            );
+            return error::bad_gateway(error::UNREACHABLE, decision_id);
         }
         Ok(Ok(r)) => r,
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
-            return error::problem(
-                StatusCode::BAD_GATEWAY,
-                "Bad Gateway",
-                "the twin service switched protocols unasked",
-                Some(decision_id),
-                false,
-            );
+            return error::bad_gateway(error::SWITCHED_UNASKED, decision_id);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let route_name = cfg.name.clone();

@@ -25,17 +25,18 @@ pub use rewind::Rewind;
 
 use super::upstream::{RawConn, RawPool, UpstreamError};
 use super::{error, proxy, AppState, RESERVED_PREFIX};
-use crate::access::{AccessRequest, Grant};
+use crate::access::Grant;
 use crate::clock::Timestamp;
 use crate::routing::path::{self, NormalizedPath};
 use crate::routing::Route;
 use axum::body::Body;
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Response, StatusCode};
+use http::Response;
 use http_body_util::BodyExt;
 use request::Plain;
 use response::{BadResponse, Dechunk, Framing, Parsed};
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,10 +70,33 @@ struct Peer {
     /// For a peer that is not a trusted proxy: the client address and the
     /// `X-Forwarded-For` sent for it, the same for every request on the connection (what
     /// `proxy::client_ip` and `proxy::forwarding` give for such a peer).
-    direct: Option<(std::net::IpAddr, String)>,
+    direct: Option<(IpAddr, String)>,
 }
 
 impl Peer {
+    fn client_ip(&self, gw: &crate::access::Gateway, headers: &[httparse::Header<'_>]) -> IpAddr {
+        match &self.direct {
+            Some((ip, _)) => *ip,
+            None => proxy::client_ip(gw, self.addr.ip(), headers),
+        }
+    }
+
+    /// `X-Forwarded-For` and `-Proto` for a request on this connection.
+    fn forwarding<'s>(
+        &'s self,
+        gw: &crate::access::Gateway,
+        client_ip: IpAddr,
+        headers: &[httparse::Header<'_>],
+    ) -> (Cow<'s, str>, &'static str) {
+        match &self.direct {
+            Some((_, text)) => (Cow::Borrowed(text.as_str()), "http"),
+            None => {
+                let (xff, proto) = proxy::forwarding(gw, self.addr, client_ip, headers);
+                (Cow::Owned(xff), proto)
+            }
+        }
+    }
+
     fn new(state: &AppState, addr: SocketAddr) -> Peer {
         let direct = (!state.gateway.network.is_trusted(addr.ip())).then(|| {
             let ip = crate::signals::network::canonical(addr.ip());
@@ -256,36 +280,21 @@ async fn answer(
     let gw = &state.gateway;
     let headers = plan.req.headers;
     let html = error::wants_html(headers);
-    let client_ip = match &peer.direct {
-        Some((ip, _)) => *ip,
-        None => proxy::client_ip(gw, peer.addr.ip(), headers),
-    };
-    let access = AccessRequest {
-        route: &plan.route,
-        method: plan.req.method,
-        path: plan.path.as_str(),
-        bearer: proxy::bearer(headers),
-        session_cookie: gw
-            .signin
-            .as_ref()
-            .and_then(|s| super::cookies::get(headers, s.cfg.cookie_name)),
+    let client_ip = peer.client_ip(gw, headers);
+    let access = proxy::access_request(
+        gw,
+        &plan.route,
+        plan.req.method,
+        &plan.path,
+        headers,
         client_ip,
-        purpose: proxy::purpose(headers),
-    };
+    );
     let close = plan.req.close || stopping;
     let (status, keep) = match gw.authorize(&access).await {
         Err(refused) => {
             let target = format!("{}{}", plan.path.as_str(), plan.req.query);
             let uri = target.parse::<http::Uri>().unwrap_or_default();
-            let back = gw
-                .signin
-                .as_ref()
-                .map(|s| (s, error::return_url(&s.cfg, Some(plan.req.host), &uri)));
-            let resp = error::refusal(
-                &refused,
-                html,
-                back.as_ref().map(|(s, b)| (&s.cfg, b.as_str())),
-            );
+            let resp = proxy::refusal(gw, &refused, html, Some(plan.req.host), &uri);
             let status = resp.status().as_u16();
             let sent = write_response(stream, out, resp, plan.req.is_head(), close, gw.now()).await;
             (status, sent)
@@ -336,7 +345,7 @@ async fn forward(
     upstream_head: &mut Vec<u8>,
     out: &mut Vec<u8>,
     peer: &Peer,
-    client_ip: std::net::IpAddr,
+    client_ip: IpAddr,
     plan: &Plan<'_>,
     grant: &Grant,
     close: bool,
@@ -345,25 +354,13 @@ async fn forward(
     let cfg = &plan.route.config;
     let head_request = plan.req.is_head();
     let Some(assertion) = grant.credential.header.as_ref() else {
-        let resp = error::problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal Server Error",
-            "credential could not be attached",
-            Some(&grant.decision_id),
-            false,
-        );
+        let resp = error::credential_unattached(&grant.decision_id, false);
         return (
             500,
             write_response(stream, out, resp, head_request, close, gw.now()).await,
         );
     };
-    let (xff, proto) = match &peer.direct {
-        Some((_, text)) => (std::borrow::Cow::Borrowed(text.as_str()), "http"),
-        None => {
-            let (xff, proto) = proxy::forwarding(gw, peer.addr, client_ip, plan.req.headers);
-            (std::borrow::Cow::Owned(xff), proto)
-        }
-    };
+    let (xff, proto) = peer.forwarding(gw, client_ip, plan.req.headers);
     let bearer = cfg.credential_as_bearer.then_some(&*grant.credential.token);
     upstream_head.clear();
     request::write_upstream_head(
@@ -399,31 +396,17 @@ async fn forward(
             let decision_id = grant.decision_id.as_str();
             let resp = if matches!(failure, Failure::Timeout) {
                 tracing::warn!(route = %cfg.name, decision_id, "upstream timed out");
-                error::problem(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "Gateway Timeout",
-                    "the twin service did not answer in time",
-                    Some(decision_id),
-                    false,
-                )
+                error::upstream_timeout(decision_id)
             } else {
                 tracing::warn!(route = %cfg.name, decision_id, error = %failure, "upstream unreachable");
                 let detail = match failure {
-                    Failure::Response(BadResponse::Switched) => {
-                        "the twin service switched protocols unasked"
-                    }
+                    Failure::Response(BadResponse::Switched) => error::SWITCHED_UNASKED,
                     Failure::Response(_) | Failure::HeadTooLong => {
                         "the twin service sent a response the gateway cannot pass on"
                     }
-                    _ => "the twin service is unreachable",
+                    _ => error::UNREACHABLE,
                 };
-                error::problem(
-                    StatusCode::BAD_GATEWAY,
-                    "Bad Gateway",
-                    detail,
-                    Some(decision_id),
-                    false,
-                )
+                error::bad_gateway(detail, decision_id)
             };
             let status = resp.status().as_u16();
             return (

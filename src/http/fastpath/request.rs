@@ -2,7 +2,7 @@
 
 use super::super::headers::visible_ascii;
 use super::super::headers::HeaderLines;
-use super::super::proxy::{forwardable_cookies, ASSERTION_HEADER};
+use super::super::proxy::{forwardable_cookies, ASSERTION_HEADER, INBOUND_FORWARDING};
 use super::write::{push, push_header};
 
 /// A request the fast path may answer: HTTP/1.1; GET, HEAD, DELETE or OPTIONS (idempotent,
@@ -98,23 +98,10 @@ fn plain_target_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
 }
 
-/// Client headers the gateway never passes on or replaces with its own: the ones handled
-/// separately (host, connection, authorization, cookie) and the forwarding headers.
-const NOT_FORWARDED: [&str; 13] = [
-    "host",
-    "connection",
-    "authorization",
-    "cookie",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-method",
-    "x-forwarded-uri",
-    "x-original-url",
-    "x-original-method",
-    "x-real-ip",
-    "forwarded",
-];
+/// Client headers handled separately (host, connection) or replaced by the gateway's own
+/// (credentials, cookies: filtered below); the forwarding headers are
+/// [`INBOUND_FORWARDING`].
+const HANDLED: [&str; 4] = ["host", "connection", "authorization", "cookie"];
 
 /// What the gateway adds to a forwarded request.
 pub struct Additions<'a> {
@@ -142,7 +129,10 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Plain<'_>, path: &str, add: 
     );
     for h in req.headers {
         let name = h.name;
-        if NOT_FORWARDED.iter().any(|n| name.eq_ignore_ascii_case(n))
+        if HANDLED
+            .iter()
+            .chain(&INBOUND_FORWARDING)
+            .any(|n| name.eq_ignore_ascii_case(n))
             || starts_with_ignore_case(name, "x-twinward-")
         {
             continue;

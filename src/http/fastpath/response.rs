@@ -3,7 +3,7 @@
 //! relayed by length, by chunks (decoded and re-chunked, so neither chunk extensions nor
 //! trailers reach the client), or until the twin closes.
 
-use super::super::proxy::is_gateway_set_cookie;
+use super::super::proxy::{is_gateway_set_cookie, HOP_BY_HOP};
 use super::write::{push, push_chunk, push_date, push_decimal, push_header, LAST_CHUNK};
 use crate::clock::Timestamp;
 
@@ -178,21 +178,8 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-/// RFC 9110 §7.6.1 connection-specific fields.
 fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Decodes a chunked body as it arrives and writes it re-chunked.
