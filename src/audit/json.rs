@@ -4,8 +4,9 @@
 //! strings that need no escaping, nearly all of them, are copied as they are instead of
 //! being escaped a byte at a time.
 
-use super::{AccessDetail, PreparedEvent};
+use super::{AccessDetail, AuditEvent, Detail};
 use std::io::Write;
+use std::ops::Range;
 
 /// A JSON string, escaped exactly as serde_json escapes it.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -72,10 +73,18 @@ pub fn write_access_detail(out: &mut Vec<u8>, d: &AccessDetail) {
     out.push(b'}');
 }
 
-/// The canonical form of an event (`serde_json::to_writer(&prepared)`), as hashed.
-pub fn write_prepared(out: &mut Vec<u8>, e: &PreparedEvent<'_>) {
+/// Where the stored columns lie within an event's canonical JSON.
+pub struct Parts {
+    pub policies: Range<usize>,
+    pub detail: Range<usize>,
+}
+
+/// The canonical form of an event (`serde_json::to_writer(&event)`), which the chain hashes.
+/// The stored policy list and detail are the same bytes as their part of it, so the writer
+/// writes each event's JSON once and stores slices of it.
+pub fn write_canonical(out: &mut Vec<u8>, e: &AuditEvent) -> Parts {
     out.extend_from_slice(b"{\"event_id\":");
-    push_str(out, e.event_id);
+    push_str(out, &e.event_id);
     let _ = write!(out, ",\"at_ms\":{},\"kind\":", e.at_ms);
     push_str(out, e.kind);
     out.extend_from_slice(b",\"outcome\":");
@@ -89,16 +98,26 @@ pub fn write_prepared(out: &mut Vec<u8>, e: &PreparedEvent<'_>) {
     out.extend_from_slice(b",\"action\":");
     push_opt_str(out, e.action.as_deref());
     out.extend_from_slice(b",\"policies\":");
-    push_str_array(out, e.policies);
+    let start = out.len();
+    push_str_array(out, &e.policies);
+    let policies = start..out.len();
     out.extend_from_slice(b",\"detail\":");
-    out.extend_from_slice(e.detail.as_bytes());
+    let start = out.len();
+    match &e.detail {
+        Detail::Access(d) => write_access_detail(out, d),
+        // Writing plain JSON values into a Vec cannot fail.
+        Detail::Json(v) => {
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
+    }
+    let detail = start..out.len();
     out.push(b'}');
+    Parts { policies, detail }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{AuditEvent, Detail};
     use crate::clock::Timestamp;
     use proptest::prelude::*;
 
@@ -170,12 +189,28 @@ mod tests {
             write_access_detail(&mut fast, d);
             prop_assert_eq!(&fast, &serde_json::to_vec(d.as_ref()).unwrap());
 
-            let detail = e.detail_json();
-            let prepared = e.prepared(&detail);
-            let mut fast = Vec::new();
-            write_prepared(&mut fast, &prepared);
-            prop_assert_eq!(fast, serde_json::to_vec(&prepared).unwrap());
-            prop_assert_eq!(e.policies_json(), serde_json::to_string(&e.policies).unwrap());
+            let mut canonical = Vec::new();
+            let parts = write_canonical(&mut canonical, &e);
+            prop_assert_eq!(&canonical, &serde_json::to_vec(&e).unwrap());
+            prop_assert_eq!(&canonical[parts.policies], serde_json::to_vec(&e.policies).unwrap());
+            prop_assert_eq!(&canonical[parts.detail], serde_json::to_vec(&e.detail).unwrap());
+        }
+
+        #[test]
+        fn a_json_detail_is_written_as_serde_json_writes_it(
+            keys in prop::collection::vec(text(), 0..4),
+            values in prop::collection::vec(text(), 4),
+        ) {
+            let mut e = AuditEvent::new("token.create", "ok", Timestamp::from_unix_secs(0));
+            let mut m = serde_json::Map::new();
+            for (k, v) in keys.iter().zip(&values) {
+                m.insert(k.clone(), serde_json::json!({ "v": v, "n": [1, null, true] }));
+            }
+            e.detail = Detail::Json(serde_json::Value::Object(m));
+            let mut canonical = Vec::new();
+            let parts = write_canonical(&mut canonical, &e);
+            prop_assert_eq!(&canonical, &serde_json::to_vec(&e).unwrap());
+            prop_assert_eq!(&canonical[parts.detail], serde_json::to_vec(&e.detail).unwrap());
         }
     }
 }

@@ -157,68 +157,6 @@ pub fn new_id() -> String {
         .to_owned()
 }
 
-/// An [`AuditEvent`] whose detail is already JSON text: the storage backends serialize
-/// the detail once and both hash and store that text. Serializes exactly like the event.
-#[derive(Serialize)]
-pub struct PreparedEvent<'a> {
-    pub event_id: &'a str,
-    pub at_ms: i64,
-    pub kind: &'a str,
-    pub outcome: &'a str,
-    pub actor: &'a Option<String>,
-    pub actor_pseudonym: &'a Option<String>,
-    pub route: &'a Option<String>,
-    pub action: &'a Option<String>,
-    pub policies: &'a [String],
-    /// JSON text, written as it is.
-    #[serde(serialize_with = "raw_json")]
-    pub detail: &'a str,
-}
-
-fn raw_json<S: serde::Serializer>(text: &&str, s: S) -> Result<S::Ok, S::Error> {
-    let raw = serde_json::value::RawValue::from_string((*text).to_owned())
-        .map_err(serde::ser::Error::custom)?;
-    raw.serialize(s)
-}
-
-impl AuditEvent {
-    /// The detail as JSON text, as stored and hashed.
-    pub fn detail_json(&self) -> String {
-        match &self.detail {
-            Detail::Access(d) => {
-                let mut out = Vec::with_capacity(192);
-                json::write_access_detail(&mut out, d);
-                String::from_utf8(out).unwrap_or_else(|_| "{}".to_owned())
-            }
-            Detail::Json(_) => {
-                serde_json::to_string(&self.detail).unwrap_or_else(|_| "{}".to_owned())
-            }
-        }
-    }
-
-    /// The determining policies as stored: a JSON array of their ids.
-    pub fn policies_json(&self) -> String {
-        let mut out = Vec::with_capacity(64);
-        json::push_str_array(&mut out, &self.policies);
-        String::from_utf8(out).unwrap_or_else(|_| "[]".to_owned())
-    }
-
-    pub fn prepared<'a>(&'a self, detail: &'a str) -> PreparedEvent<'a> {
-        PreparedEvent {
-            event_id: &self.event_id,
-            at_ms: self.at_ms,
-            kind: self.kind,
-            outcome: self.outcome,
-            actor: &self.actor,
-            actor_pseudonym: &self.actor_pseudonym,
-            route: &self.route,
-            action: &self.action,
-            policies: &self.policies,
-            detail,
-        }
-    }
-}
-
 /// An event as stored, with its place in the chain.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredEvent {
@@ -267,23 +205,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_prepared_event_hashes_like_the_event_and_its_stored_form() {
+    fn an_event_hashes_like_its_stored_form() {
         let mut e = AuditEvent::new("access", "allow", Timestamp::from_unix_secs(1_000));
         e.actor = Some("ci \"runner\"".into());
         e.route = Some("plant-7".into());
         e.policies = vec!["b".into(), "a".into()];
         e.detail =
             serde_json::json!({ "z": 1, "a": { "y": [1, "ü"], "b": null }, "m": "x\ny" }).into();
-        let detail = e.detail_json();
-        let h = hash_event("prev", 7, &e.prepared(&detail));
-        assert_eq!(h, hash_event("prev", 7, &e));
-        assert_eq!(h, hash_event("prev", 7, &OwnedEvent::from(&e)));
-        let stored: serde_json::Value = serde_json::from_str(&detail).unwrap();
-        assert_eq!(Detail::from(stored), e.detail);
+        let owned = OwnedEvent::from(&e);
+        assert_eq!(hash_event("prev", 7, &e), hash_event("prev", 7, &owned));
+        assert_eq!(Detail::from(owned.detail.clone()), e.detail);
     }
 
     #[test]
-    fn a_typed_access_detail_hashes_like_its_stored_form() {
+    fn a_typed_access_detail_reads_back_as_its_json() {
         let mut e = AuditEvent::new("access", "deny", Timestamp::from_unix_secs(1_000));
         e.detail = Detail::Access(Box::new(AccessDetail {
             method: "GET".into(),
@@ -297,22 +232,14 @@ mod tests {
             reason: None,
         }));
         e.detail.set_reason("denied by policy");
-        let detail = e.detail_json();
-        let read_back: serde_json::Value = serde_json::from_str(&detail).unwrap();
+        let read_back = OwnedEvent::from(&e).detail;
         assert_eq!(read_back["client_ip"], "2001:db8::1");
         assert_eq!(read_back["purpose"], serde_json::Value::Null);
         assert_eq!(read_back["reason"], "denied by policy");
         assert!(read_back.get("session").is_none());
-        let owned = OwnedEvent::from(&e);
-        assert_eq!(owned.detail, read_back);
         assert_eq!(
-            hash_event("prev", 3, &e.prepared(&detail)),
-            hash_event("prev", 3, &owned)
-        );
-        // The writer's own JSON hashes the same bytes.
-        assert_eq!(
-            super::chain::hash_prepared("prev", 3, &e.prepared(&detail)),
-            hash_event("prev", 3, &owned)
+            hash_event("prev", 3, &e),
+            hash_event("prev", 3, &OwnedEvent::from(&e))
         );
     }
 }

@@ -3,7 +3,7 @@
 //! never chain onto the same tail.
 
 use super::{PasskeyRecord, StorageError, Store, TokenRecord, UserRecord};
-use crate::audit::chain::{hash_prepared, GENESIS};
+use crate::audit::chain::{ChainWriter, GENESIS};
 use crate::audit::{AuditEvent, OwnedEvent, StoredEvent};
 use crate::identity::api_token::TokenHash;
 use futures_util::future::BoxFuture;
@@ -151,6 +151,29 @@ const TOKEN_COLUMNS: &str = "id, token_hash, display_prefix, service_account, ow
 /// transaction per batch, with the same chain rules as [`Store::append_audit`].
 pub struct SqliteAuditAppender {
     conn: rusqlite::Connection,
+    chain: ChainWriter,
+}
+
+const INSERT_AUDIT: &str = "INSERT INTO audit_events (seq, event_id, at_ms, kind, outcome, actor, actor_pseudonym, route, action, policies, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+const AUDIT_TAIL: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
+
+/// Points `chain` after the stored tail. The tail is read inside each appending transaction:
+/// the CLI appends to the same file while the gateway runs.
+fn continue_chain(
+    chain: &mut ChainWriter,
+    tail: Option<(i64, String)>,
+) -> Result<(), StorageError> {
+    match tail {
+        None => {
+            chain.restart();
+            Ok(())
+        }
+        Some((seq, hash)) => chain.continue_after(seq, &hash).ok_or_else(|| {
+            StorageError::Corrupt(format!(
+                "audit event {seq}: the stored hash is not a SHA-256 hex digest"
+            ))
+        }),
+    }
 }
 
 impl SqliteAuditAppender {
@@ -161,7 +184,10 @@ impl SqliteAuditAppender {
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Ok(SqliteAuditAppender { conn })
+        Ok(SqliteAuditAppender {
+            conn,
+            chain: ChainWriter::new(),
+        })
     }
 }
 
@@ -175,23 +201,17 @@ impl super::AuditAppender for SqliteAuditAppender {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let tail: Option<(i64, String)> = {
             use rusqlite::OptionalExtension;
-            tx.prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
+            tx.prepare_cached(AUDIT_TAIL)?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?
         };
-        let (mut seq, mut prev) = tail.unwrap_or((0, GENESIS.to_owned()));
+        continue_chain(&mut self.chain, tail)?;
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO audit_events (seq, event_id, at_ms, kind, outcome, actor, actor_pseudonym, route, action, policies, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )?;
+            let mut insert = tx.prepare_cached(INSERT_AUDIT)?;
             for e in events {
-                seq += 1;
-                // The detail is written as JSON once, and that text is both hashed and stored.
-                let detail = e.detail_json();
-                let hash = hash_prepared(&prev, seq, &e.prepared(&detail));
-                let policies = e.policies_json();
+                let l = self.chain.link(e);
                 insert.execute(rusqlite::params![
-                    seq,
+                    l.seq,
                     e.event_id,
                     e.at_ms,
                     e.kind,
@@ -200,12 +220,10 @@ impl super::AuditAppender for SqliteAuditAppender {
                     e.actor_pseudonym,
                     e.route,
                     e.action,
-                    policies,
-                    detail,
-                    prev,
-                    hash,
+                    l.policies,
+                    l.detail,
+                    l.hash.as_str(),
                 ])?;
-                prev = hash;
             }
         }
         tx.commit()?;
@@ -321,50 +339,28 @@ impl Store for SqliteStore {
                 return Ok(());
             }
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let tail = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            let tail = sqlx::query_as::<_, (i64, String)>(AUDIT_TAIL)
                 .fetch_optional(&mut *tx)
                 .await?;
-            let (mut seq, mut prev): (i64, String) = match tail {
-                Some(r) => (r.try_get("seq")?, r.try_get("hash")?),
-                None => (0, GENESIS.to_owned()),
-            };
-            // Multi-row inserts: one statement per chunk keeps the per-event cost to the
-            // hashing and the row itself.
-            for chunk in events.chunks(64) {
-                let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                    "INSERT INTO audit_events (seq, event_id, at_ms, kind, outcome, actor, actor_pseudonym, route, action, policies, detail, prev_hash, hash) ",
-                );
-                let mut rows = Vec::with_capacity(chunk.len());
-                for e in chunk {
-                    seq += 1;
-                    // The detail is written as JSON once, and that text is both hashed and stored.
-                    let detail = e.detail_json();
-                    let hash = hash_prepared(&prev, seq, &e.prepared(&detail));
-                    rows.push((
-                        seq,
-                        e,
-                        detail,
-                        std::mem::replace(&mut prev, hash.clone()),
-                        hash,
-                    ));
-                }
-                qb.push_values(rows, |mut b, (seq, e, detail, prev_hash, hash)| {
-                    // Borrowed from the batch: no copy of each field per row.
-                    b.push_bind(seq)
-                        .push_bind(e.event_id.as_str())
-                        .push_bind(e.at_ms)
-                        .push_bind(e.kind)
-                        .push_bind(e.outcome)
-                        .push_bind(e.actor.as_deref())
-                        .push_bind(e.actor_pseudonym.as_deref())
-                        .push_bind(e.route.as_deref())
-                        .push_bind(e.action.as_deref())
-                        .push_bind(e.policies_json())
-                        .push_bind(detail)
-                        .push_bind(prev_hash)
-                        .push_bind(hash);
-                });
-                qb.build().execute(&mut *tx).await?;
+            let mut chain = ChainWriter::new();
+            continue_chain(&mut chain, tail)?;
+            for e in events {
+                let l = chain.link(e);
+                sqlx::query(INSERT_AUDIT)
+                    .bind(l.seq)
+                    .bind(e.event_id.as_str())
+                    .bind(e.at_ms)
+                    .bind(e.kind)
+                    .bind(e.outcome)
+                    .bind(e.actor.as_deref())
+                    .bind(e.actor_pseudonym.as_deref())
+                    .bind(e.route.as_deref())
+                    .bind(e.action.as_deref())
+                    .bind(l.policies)
+                    .bind(l.detail)
+                    .bind(l.hash.as_str())
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(())
@@ -377,8 +373,14 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<StoredEvent>, StorageError>> {
         Box::pin(async move {
-            let rows = sqlx::query("SELECT * FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?")
-                .bind(after)
+            // Each row's prev_hash is the previous row's hash (genesis before the first);
+            // verification then recomputes every hash from it.
+            let rows = sqlx::query(
+                "SELECT a.*, COALESCE((SELECT p.hash FROM audit_events p WHERE p.seq = a.seq - 1), ?) AS prev_hash
+                 FROM audit_events a WHERE a.seq > ? ORDER BY a.seq LIMIT ?",
+            )
+            .bind(GENESIS)
+            .bind(after)
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?;
@@ -593,6 +595,121 @@ mod tests {
             .audit_appender()
             .unwrap()
             .is_none());
+    }
+
+    /// An edit made in the file itself (triggers dropped) that also recomputes the edited
+    /// event's hash is still found: the next event's hash covers the old one.
+    #[tokio::test]
+    async fn a_rehashed_edit_breaks_the_next_link() {
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/a.db", d.path().display());
+        let s = SqliteStore::open(&url).await.unwrap();
+        let evs: Vec<_> = (0..5)
+            .map(|i| AuditEvent::new("access", "deny", Timestamp::from_unix_secs(1000 + i)))
+            .collect();
+        s.append_audit(&evs).await.unwrap();
+        let stored = s.audit_events(0, 100).await.unwrap();
+        verify_chain(&stored, 0, GENESIS).unwrap();
+
+        let mut forged = stored[2].event.clone();
+        forged.outcome = "allow".into();
+        let rehashed = crate::audit::chain::hash_event(&stored[1].hash, 3, &forged);
+        sqlx::query("DROP TRIGGER audit_events_no_update")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit_events SET outcome = 'allow', hash = ? WHERE seq = 3")
+            .bind(&rehashed)
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let tampered = s.audit_events(0, 100).await.unwrap();
+        assert_eq!(tampered[2].hash, rehashed);
+        assert_eq!(tampered[3].prev_hash, rehashed);
+        assert_eq!(
+            verify_chain(&tampered, 0, GENESIS),
+            Err(crate::audit::ChainError::Content { seq: 4 })
+        );
+        // Read from the middle, the first event still carries its predecessor's hash.
+        let page = s.audit_events(3, 1).await.unwrap();
+        assert_eq!(page[0].seq, 4);
+        assert_eq!(page[0].prev_hash, rehashed);
+    }
+
+    /// A database written before the lean audit row keeps its chain through the migration.
+    #[tokio::test]
+    async fn the_lean_audit_migration_keeps_an_existing_chain() {
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/old.db", d.path().display());
+        {
+            let pool = SqlitePool::connect_with(
+                SqliteConnectOptions::from_str(&url)
+                    .unwrap()
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+            let mut before = sqlx::migrate!("./migrations/sqlite");
+            before.migrations = before
+                .migrations
+                .iter()
+                .filter(|m| m.version < 20261126000002)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into();
+            before.run(&pool).await.unwrap();
+            let mut prev = GENESIS.to_owned();
+            for seq in 1..=3i64 {
+                let mut e = AuditEvent::new("access", "allow", Timestamp::from_unix_secs(seq));
+                e.route = Some("plant-7".into());
+                e.policies = vec![format!("p{seq}")];
+                let hash = crate::audit::chain::hash_event(&prev, seq, &e);
+                sqlx::query("INSERT INTO audit_events (seq, event_id, at_ms, kind, outcome, route, policies, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?)")
+                    .bind(seq)
+                    .bind(&e.event_id)
+                    .bind(e.at_ms)
+                    .bind(e.kind)
+                    .bind(e.outcome)
+                    .bind(e.route.as_deref())
+                    .bind(serde_json::to_string(&e.policies).unwrap())
+                    .bind(&prev)
+                    .bind(&hash)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                prev = hash;
+            }
+            pool.close().await;
+        }
+        let s = SqliteStore::open(&url).await.unwrap();
+        let mut appender = s.audit_appender().unwrap().unwrap();
+        appender
+            .append(&[AuditEvent::new(
+                "token.create",
+                "ok",
+                Timestamp::from_unix_secs(9),
+            )])
+            .unwrap();
+        let stored = s.audit_events(0, 100).await.unwrap();
+        assert_eq!(stored.len(), 4);
+        assert_eq!(stored[2].event.policies, ["p3"]);
+        verify_chain(&stored, 0, GENESIS).unwrap();
+        let indexes: Vec<(String,)> =
+            sqlx::query_as("SELECT name FROM pragma_index_list('audit_events')")
+                .fetch_all(&s.pool)
+                .await
+                .unwrap();
+        assert!(indexes.is_empty(), "{indexes:?}");
+        assert!(
+            sqlx::query("UPDATE audit_events SET outcome = 'deny' WHERE seq = 1")
+                .execute(&s.pool)
+                .await
+                .is_err()
+        );
+        assert!(sqlx::query("DELETE FROM audit_events WHERE seq = 1")
+            .execute(&s.pool)
+            .await
+            .is_err());
     }
 
     #[tokio::test]
