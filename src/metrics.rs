@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -34,6 +35,16 @@ pub struct Metrics {
     pub reloads: Family<Outcome, Counter>,
     pub credentials_minted: Counter,
     pub store_errors: Counter,
+    pub audit: AuditMetrics,
+}
+
+/// The audit writer's progress, shared with its thread.
+#[derive(Clone, Debug, Default)]
+pub struct AuditMetrics {
+    /// Events handed to the writer and not yet committed.
+    pub queued: Gauge,
+    /// Events committed to the chain.
+    pub appended: Counter,
 }
 
 impl Default for Metrics {
@@ -89,6 +100,17 @@ impl Metrics {
             "Storage operations that failed",
             store_errors.clone(),
         );
+        let audit = AuditMetrics::default();
+        registry.register(
+            "audit_queued_events",
+            "Audit events waiting for the writer (requests wait when the queue is full)",
+            audit.queued.clone(),
+        );
+        registry.register(
+            "audit_events",
+            "Audit events committed to the chain",
+            audit.appended.clone(),
+        );
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Metrics {
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -100,6 +122,7 @@ impl Metrics {
             reloads,
             credentials_minted,
             store_errors,
+            audit,
         }
     }
 

@@ -143,7 +143,8 @@ impl Gateway {
         let pseudonyms = Pseudonymizer::new(&pseudonym_key(&config, true)?)?;
         let twins = TwinSpec::from_routes(&config.routes, "twinward.toml");
         let engine = Arc::new(Engine::load(&config.policy.dir, twins)?);
-        let (audit, audit_task) = AuditSink::start(store.clone())?;
+        let metrics = Metrics::new();
+        let (audit, audit_task) = AuditSink::start(store.clone(), metrics.audit.clone())?;
         let sessions: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
         let signin = match &config.signin {
             None => None,
@@ -185,7 +186,7 @@ impl Gateway {
             audit,
             clock,
             pseudonyms,
-            metrics: Metrics::new(),
+            metrics,
             store,
         };
         Ok((Arc::new(gw), audit_task))
