@@ -230,9 +230,17 @@ fn demo_signs_a_user_in_and_the_session_commands_see_and_end_the_session() {
     let r = get(demo.addr(2), "127.0.0.1", "/plant-7/api/telemetry", "");
     assert_eq!(r.status, 401);
 
-    // Sign-in and the revocation are in the audit trail.
-    let out = demo.cli(&["audit", "export"]);
-    let audit = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Sign-in and the revocation are in the audit trail (the writer commits in the
+    // background, so give it a moment).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let audit = loop {
+        let out = demo.cli(&["audit", "export"]);
+        let audit = String::from_utf8_lossy(&out.stdout).into_owned();
+        if audit.contains("\"kind\":\"session.revoke\"") || std::time::Instant::now() > deadline {
+            break audit;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert!(
         audit.contains("\"kind\":\"signin\"") && audit.contains("victor@"),
         "{audit}"
