@@ -16,7 +16,7 @@ fn access_event(i: u64) -> AuditEvent {
     e.actor = Some("sim-7".into());
     e.actor_pseudonym = Some("cYPHAKddsKx2Ux_4B5axZBuBmwwMgdN-yCM5C9m7i0Q".into());
     e.route = Some("plant-7".into());
-    e.action = Some("read".into());
+    e.action = Some("read");
     e.policies = vec!["sim-runners-sandbox".into()];
     e.detail = Detail::Access(Box::new(AccessDetail {
         method: "GET".into(),

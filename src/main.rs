@@ -384,8 +384,8 @@ fn passkey(cmd: PasskeyCmd) -> Result<ExitCode, Failure> {
                     Some(p) => {
                         let mut ev =
                             twinward::audit::AuditEvent::new("mfa.remove", "ok", SystemClock.now());
-                        ev.actor = Some(default_owner());
-                        ev.actor_pseudonym = Some(p.user_subject.clone());
+                        ev.actor = Some(default_owner().into());
+                        ev.actor_pseudonym = Some(p.user_subject.as_str().into());
                         ev.detail =
                             serde_json::json!({ "passkey": p.id, "name": p.name, "by": "admin" })
                                 .into();
@@ -809,7 +809,7 @@ fn token(cmd: TokenCmd) -> Result<ExitCode, Failure> {
             TokenCmd::Revoke { id, .. } => match store.revoke_token(&id, now.unix_secs()).await {
                 Ok(Some(rec)) => {
                     let mut ev = twinward::audit::AuditEvent::new("token.revoke", "ok", now);
-                    ev.actor = Some(default_owner());
+                    ev.actor = Some(default_owner().into());
                     ev.detail = serde_json::json!({"token_id": rec.id, "service_account": rec.service_account}).into();
                     store.append_audit(&[ev]).await.map_err(runtime)?;
                     println!("revoked {} ({})", rec.id, rec.service_account);

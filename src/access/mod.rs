@@ -22,6 +22,7 @@ use crate::session::SessionStore;
 use crate::signals::network::NetworkSignals;
 use crate::storage::Store;
 use signin::{LiveSession, Signin};
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokens::{AuthError, TokenAuthenticator};
@@ -150,13 +151,13 @@ impl Gateway {
         let route = &req.route.config;
         let action = Action::from_method(req.method);
         let mut event = AuditEvent::with_id(decision_id.clone(), "access", "deny", now);
-        event.route = Some(route.name.clone());
-        event.action = Some(action.name().to_owned());
+        event.route = Some(req.route.name.clone());
+        event.action = Some(action.name());
         event.detail = Detail::Access(Box::new(AccessDetail {
-            method: req.method.to_owned(),
+            method: audit::method_name(req.method),
             path: req.path.to_owned(),
             client_ip: req.client_ip,
-            twin: route.twin.clone(),
+            twin: req.route.twin.clone(),
             purpose: req.purpose.map(str::to_owned),
             token_id: None,
             session: None,
@@ -212,29 +213,38 @@ impl Gateway {
         }
 
         let roles = caller.roles();
-        let (cache_key, amr, not_after) = match &caller {
+        // Tokens, the common case on the request path, borrow everything here.
+        let session_amr: Vec<String>;
+        let (cache_key, amr, not_after): (Cow<str>, Vec<&str>, _) = match &caller {
             Caller::Token(t) => (
-                t.cache_key.clone(),
-                vec!["api_token".to_owned()],
+                Cow::Borrowed(t.cache_key.as_str()),
+                Vec::new(),
                 Some(Timestamp::from_unix_secs(t.record.expires_at)),
             ),
-            Caller::Browser(b) => (
-                format!("session:{}", b.session.key.0),
-                self.signin
+            Caller::Browser(b) => {
+                session_amr = self
+                    .signin
                     .as_ref()
                     .map(|s| s.amr(&b.session))
-                    .unwrap_or_default(),
-                Some(b.session.expires),
-            ),
+                    .unwrap_or_default();
+                (
+                    Cow::Owned(format!("session:{}", b.session.key.0)),
+                    session_amr.iter().map(String::as_str).collect(),
+                    Some(b.session.expires),
+                )
+            }
         };
-        let amr: Vec<&str> = amr.iter().map(String::as_str).collect();
+        let amr: &[&str] = match &caller {
+            Caller::Token(_) => &["api_token"],
+            Caller::Browser(_) => &amr,
+        };
         let creq = CredentialRequest {
             cache_key: &cache_key,
             subject: caller.pseudonym(),
             audience: &route.name,
             twin: &route.twin,
             roles,
-            amr: &amr,
+            amr,
             generation: decision.generation,
             not_after,
         };
@@ -298,8 +308,8 @@ impl Gateway {
         if let (Some(cookie), Some(signin)) = (req.session_cookie, &self.signin) {
             match signin.session(cookie, now).await {
                 Ok(Some(live)) => {
-                    event.actor = Some(live.session.user.email.clone());
-                    event.actor_pseudonym = Some(live.session.user.subject.clone());
+                    event.actor = Some(live.session.user.email.as_str().into());
+                    event.actor_pseudonym = Some(live.session.user.subject.as_str().into());
                     event.detail.set_session(live.session.key.short());
                     if !signin.second_factor_done(&live.session) {
                         set_reason(event, "passkey check not done");
@@ -343,13 +353,9 @@ impl Gateway {
                 return Err(Refusal::Unauthenticated(e));
             }
         };
-        event.actor = Some(if token.record.user_subject.is_some() {
-            token.record.owner.clone()
-        } else {
-            token.record.service_account.clone()
-        });
+        event.actor = Some(token.actor.clone());
         event.actor_pseudonym = Some(token.pseudonym.clone());
-        event.detail.set_token_id(&token.record.id);
+        event.detail.set_token_id(&token.id);
         if !token.record.twins.is_empty() && !token.record.twins.iter().any(|t| t == twin) {
             let reason = format!("token is not scoped to twin {twin:?}");
             set_reason(event, &reason);
@@ -417,7 +423,7 @@ impl Gateway {
         let decision_id = audit::new_id();
         let cfg = &route.config;
         let mut event = AuditEvent::with_id(decision_id.clone(), "token.exchange", "deny", now);
-        event.route = Some(cfg.name.clone());
+        event.route = Some(cfg.name.as_str().into());
         event.detail =
             serde_json::json!({ "client_ip": client_ip.to_string(), "twin": cfg.twin, "purpose": purpose })
                 .into();

@@ -39,7 +39,11 @@ pub enum AuthError {
 pub struct AuthenticatedToken {
     pub record: TokenRecord,
     pub principal: Principal,
-    pub pseudonym: String,
+    pub pseudonym: Arc<str>,
+    /// Who the audit log names as the actor: the owner of a personal token, else the
+    /// service account.
+    pub actor: Arc<str>,
+    pub id: Arc<str>,
     /// Key for credential reuse: one per token.
     pub cache_key: String,
 }
@@ -152,7 +156,13 @@ impl Lookup {
             AuthError::Unknown
         })?;
         let token = Arc::new(AuthenticatedToken {
-            pseudonym,
+            pseudonym: pseudonym.into(),
+            actor: if record.user_subject.is_some() {
+                record.owner.as_str().into()
+            } else {
+                record.service_account.as_str().into()
+            },
+            id: record.id.as_str().into(),
             cache_key: format!("token:{}", record.id),
             record,
             principal,
@@ -347,7 +357,7 @@ pub async fn issue(
     };
     store.insert_token(&record).await?;
     let mut ev = AuditEvent::new("token.create", "ok", now);
-    ev.actor = Some(spec.owner.clone());
+    ev.actor = Some(spec.owner.as_str().into());
     ev.detail = serde_json::json!({
         "token_id": record.id,
         "service_account": record.service_account,

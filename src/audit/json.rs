@@ -96,7 +96,7 @@ pub fn write_canonical(out: &mut Vec<u8>, e: &AuditEvent) -> Parts {
     out.extend_from_slice(b",\"route\":");
     push_opt_str(out, e.route.as_deref());
     out.extend_from_slice(b",\"action\":");
-    push_opt_str(out, e.action.as_deref());
+    push_opt_str(out, e.action);
     out.extend_from_slice(b",\"policies\":");
     let start = out.len();
     push_str_array(out, &e.policies);
@@ -156,10 +156,11 @@ mod tests {
             let mut e = AuditEvent::new("access", "allow", Timestamp::from_unix_secs(0));
             e.at_ms = at;
             e.event_id = strings[0].clone();
-            e.actor = opt(0, &strings[1]);
-            e.actor_pseudonym = opt(1, &strings[2]);
-            e.route = opt(2, &strings[3]);
-            e.action = opt(3, &strings[4]);
+            e.actor = opt(0, &strings[1]).map(Into::into);
+            e.actor_pseudonym = opt(1, &strings[2]).map(Into::into);
+            e.route = opt(2, &strings[3]).map(Into::into);
+            // Actions are static names; these need escaping.
+            e.action = opts[3].then_some(["read", "q\"uote\\", "\u{1}ctl"][strings[4].len() % 3]);
             e.policies = strings[5..5 + n_policies].to_vec();
             let client_ip = if v4 {
                 std::net::IpAddr::from([ip[0], ip[1], ip[2], ip[3]])
@@ -167,12 +168,12 @@ mod tests {
                 std::net::IpAddr::from(ip)
             };
             e.detail = Detail::Access(Box::new(AccessDetail {
-                method: strings[8].clone(),
+                method: strings[8].clone().into(),
                 path: strings[9].clone(),
                 client_ip,
-                twin: strings[10].clone(),
+                twin: strings[10].as_str().into(),
                 purpose: opt(4, &strings[11]),
-                token_id: opt(5, &strings[1]),
+                token_id: opt(5, &strings[1]).map(Into::into),
                 session: opt(6, &strings[2]),
                 errors: strings[3..3 + n_errors].to_vec(),
                 reason: opt(7, &strings[4]),

@@ -14,6 +14,19 @@ pub use sink::AuditSink;
 
 use crate::clock::Timestamp;
 use serde::Serialize;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// A request method as the audit log names it: the standard ones without an allocation.
+pub fn method_name(method: &str) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().find(|m| **m == method) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(method.to_owned()),
+    }
+}
 
 /// An event before it is chained.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -24,10 +37,14 @@ pub struct AuditEvent {
     pub kind: &'static str,
     pub outcome: &'static str,
     /// The production identity (service account name, user e-mail); the audit log is admin-only.
-    pub actor: Option<String>,
-    pub actor_pseudonym: Option<String>,
-    pub route: Option<String>,
-    pub action: Option<String>,
+    ///
+    /// Names the gateway already holds (route, twin, token and its principal) are shared
+    /// (`Arc<str>`) rather than copied: an access event is built for every request on a
+    /// worker and dropped by the writer thread.
+    pub actor: Option<Arc<str>>,
+    pub actor_pseudonym: Option<Arc<str>>,
+    pub route: Option<Arc<str>>,
+    pub action: Option<&'static str>,
     pub policies: Vec<String>,
     pub detail: Detail,
 }
@@ -64,9 +81,9 @@ impl Detail {
     }
 
     /// Notes the API token a request was made with.
-    pub fn set_token_id(&mut self, id: &str) {
+    pub fn set_token_id(&mut self, id: &Arc<str>) {
         match self {
-            Detail::Access(a) => a.token_id = Some(id.to_owned()),
+            Detail::Access(a) => a.token_id = Some(id.clone()),
             Detail::Json(v) => json_insert(v, "token_id", id),
         }
     }
@@ -105,14 +122,15 @@ fn json_insert(v: &mut serde_json::Value, key: &str, value: &str) {
 /// The detail of an access decision.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AccessDetail {
-    pub method: String,
+    /// Standard methods are static names; see [`method_name`].
+    pub method: Cow<'static, str>,
     pub path: String,
     /// Serialized as text ("192.0.2.1"), like every address in the audit log.
     pub client_ip: std::net::IpAddr,
-    pub twin: String,
+    pub twin: Arc<str>,
     pub purpose: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_id: Option<String>,
+    pub token_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -189,10 +207,10 @@ impl From<&AuditEvent> for OwnedEvent {
             at_ms: e.at_ms,
             kind: e.kind.to_owned(),
             outcome: e.outcome.to_owned(),
-            actor: e.actor.clone(),
-            actor_pseudonym: e.actor_pseudonym.clone(),
-            route: e.route.clone(),
-            action: e.action.clone(),
+            actor: e.actor.as_deref().map(str::to_owned),
+            actor_pseudonym: e.actor_pseudonym.as_deref().map(str::to_owned),
+            route: e.route.as_deref().map(str::to_owned),
+            action: e.action.map(str::to_owned),
             policies: e.policies.clone(),
             detail: serde_json::to_value(&e.detail).unwrap_or_default(),
         }

@@ -107,7 +107,7 @@ async fn revoke(
         Ok(gone) => {
             for s in &gone {
                 let mut ev = crate::audit::AuditEvent::new("session.revoke", "ok", gw.now());
-                ev.actor = Some("admin".to_owned());
+                ev.actor = Some("admin".into());
                 ev.detail = serde_json::json!({ "session": s.key.short(), "user": s.user.email, "subject": s.user.subject, "by": "admin" }).into();
                 gw.audit.record(ev).await;
             }

@@ -14,6 +14,9 @@ use std::sync::Arc;
 pub struct Route {
     pub index: usize,
     pub config: RouteConfig,
+    /// The route's name and twin id, shared by every audit event on this route.
+    pub name: std::sync::Arc<str>,
+    pub twin: std::sync::Arc<str>,
     /// The upstream's authority as the `Host` header sent to it (built once).
     pub upstream_host: Option<http::HeaderValue>,
 }
@@ -33,6 +36,8 @@ impl RouteTable {
             let route = Arc::new(Route {
                 index,
                 upstream_host: http::HeaderValue::from_str(&config.upstream.authority).ok(),
+                name: config.name.as_str().into(),
+                twin: config.twin.as_str().into(),
                 config: config.clone(),
             });
             match &config.host {

@@ -355,7 +355,7 @@ impl Store for SqliteStore {
                     .bind(e.actor.as_deref())
                     .bind(e.actor_pseudonym.as_deref())
                     .bind(e.route.as_deref())
-                    .bind(e.action.as_deref())
+                    .bind(e.action)
                     .bind(l.policies)
                     .bind(l.detail)
                     .bind(l.hash.as_str())

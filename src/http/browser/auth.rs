@@ -208,8 +208,8 @@ pub async fn session_handoff(
         }
     };
     let mut ev = AuditEvent::new("session.handoff", "ok", b.now);
-    ev.actor = Some(branch.user.email.clone());
-    ev.actor_pseudonym = Some(branch.user.subject.clone());
+    ev.actor = Some(branch.user.email.as_str().into());
+    ev.actor_pseudonym = Some(branch.user.subject.as_str().into());
     ev.detail = serde_json::json!({ "host": record.host, "from": source.key.short(), "session": branch.key.short() }).into();
     b.gw.audit.record(ev).await;
     let mut resp = error::redirect(&record.path);
@@ -407,8 +407,8 @@ pub async fn callback(
         }
     };
     ev.outcome = "ok";
-    ev.actor = Some(identity.email.clone());
-    ev.actor_pseudonym = Some(subject);
+    ev.actor = Some(identity.email.as_str().into());
+    ev.actor_pseudonym = Some(subject.into());
     ev.detail = serde_json::json!({
         "client_ip": client_ip,
         "issuer": identity.issuer,
@@ -459,8 +459,8 @@ pub async fn logout(
         // The whole sign-in ends: this session and those handed to other route hosts.
         let _ = b.signin.end_family(&live.session).await;
         let mut ev = AuditEvent::new("signout", "ok", b.now);
-        ev.actor = Some(live.session.user.email.clone());
-        ev.actor_pseudonym = Some(live.session.user.subject.clone());
+        ev.actor = Some(live.session.user.email.as_str().into());
+        ev.actor_pseudonym = Some(live.session.user.subject.as_str().into());
         ev.detail = serde_json::json!({ "session": live.session.key.short() }).into();
         b.gw.audit.record(ev).await;
     }

@@ -120,8 +120,8 @@ async fn audit(
     detail: serde_json::Value,
 ) {
     let mut ev = AuditEvent::new(kind, outcome, b.now);
-    ev.actor = Some(live.session.user.email.clone());
-    ev.actor_pseudonym = Some(live.session.user.subject.clone());
+    ev.actor = Some(live.session.user.email.as_str().into());
+    ev.actor_pseudonym = Some(live.session.user.subject.as_str().into());
     ev.detail = detail.into();
     b.gw.audit.record(ev).await;
 }

@@ -221,8 +221,8 @@ async fn create_token(
     .await
     {
         Ok((text, record, mut ev)) => {
-            ev.actor = Some(s.user.email.clone());
-            ev.actor_pseudonym = Some(s.user.subject.clone());
+            ev.actor = Some(s.user.email.as_str().into());
+            ev.actor_pseudonym = Some(s.user.subject.as_str().into());
             b.gw.audit.record(ev).await;
             Ok((text, record))
         }
@@ -252,8 +252,8 @@ async fn revoke_own_token(b: &Browser, live: &LiveSession, id: &str) -> Result<(
         .await
         .map_err(|_| "tokens are unavailable right now".to_owned())?;
     let mut ev = AuditEvent::new("token.revoke", "ok", b.now);
-    ev.actor = Some(s.user.email.clone());
-    ev.actor_pseudonym = Some(s.user.subject.clone());
+    ev.actor = Some(s.user.email.as_str().into());
+    ev.actor_pseudonym = Some(s.user.subject.as_str().into());
     ev.detail = serde_json::json!({ "token_id": id }).into();
     b.gw.audit.record(ev).await;
     Ok(())
@@ -525,8 +525,8 @@ pub async fn form_passkey_delete(
     let notice = match b.gw.store.delete_passkey(&s.user.subject, &id).await {
         Ok(true) => {
             let mut ev = AuditEvent::new("mfa.remove", "ok", b.now);
-            ev.actor = Some(s.user.email.clone());
-            ev.actor_pseudonym = Some(s.user.subject.clone());
+            ev.actor = Some(s.user.email.as_str().into());
+            ev.actor_pseudonym = Some(s.user.subject.as_str().into());
             ev.detail = serde_json::json!({ "passkey": id }).into();
             b.gw.audit.record(ev).await;
             "Passkey removed."
@@ -565,8 +565,8 @@ pub async fn form_session_revoke(
                 .revoke(Selector::Key(t.key.0.clone()))
                 .await;
             let mut ev = AuditEvent::new("session.revoke", "ok", b.now);
-            ev.actor = Some(s.user.email.clone());
-            ev.actor_pseudonym = Some(s.user.subject.clone());
+            ev.actor = Some(s.user.email.as_str().into());
+            ev.actor_pseudonym = Some(s.user.subject.as_str().into());
             ev.detail = serde_json::json!({ "session": t.key.short(), "by": "user" }).into();
             b.gw.audit.record(ev).await;
             if t.key == s.key {
