@@ -10,18 +10,41 @@ use std::ops::Range;
 
 /// A JSON string, escaped exactly as serde_json escapes it.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
-    // A fold rather than `all`: no early exit, so the check runs on whole vectors.
-    let plain = s
-        .bytes()
-        .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
-    if plain {
+    if needs_escape(s.as_bytes()) {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
-    } else {
-        // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
     }
+}
+
+/// Whether any byte is one serde_json escapes: a control character, `"` or `\\`. Checks
+/// eight bytes at a time (the writer checks every string of every event).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Exact for "some byte is zero" / "some byte is below n <= 128": a borrow only spreads
+    // upward from a byte that already matched.
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0;
+        if control
+            || has_zero(x ^ (ONES * u64::from(b'"')))
+            || has_zero(x ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
@@ -179,6 +202,26 @@ mod tests {
                 reason: opt(7, &strings[4]),
             }));
             e
+        }
+    }
+
+    #[test]
+    fn finds_every_escaped_byte_at_every_position() {
+        for special in (0u8..0x20).chain([b'"', b'\\']) {
+            for len in 1..20 {
+                for at in 0..len {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = special;
+                    assert!(needs_escape(&bytes), "{special:#x} at {at} of {len}");
+                }
+            }
+        }
+        for plain in [
+            &b"plant-7/state"[..],
+            b"\x7f\x20~!#$%&'()*+,-./09:;<=>?@AZ[]^_`az{|}",
+            "é😀".as_bytes(),
+        ] {
+            assert!(!needs_escape(plain), "{plain:?}");
         }
     }
 
