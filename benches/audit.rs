@@ -17,7 +17,7 @@ fn access_event(i: u64) -> AuditEvent {
     e.actor_pseudonym = Some("cYPHAKddsKx2Ux_4B5axZBuBmwwMgdN-yCM5C9m7i0Q".into());
     e.route = Some("plant-7".into());
     e.action = Some("read");
-    e.policies = vec!["sim-runners-sandbox".into()];
+    e.policies = vec!["sim-runners-sandbox".into()].into();
     e.detail = Detail::Access(Box::new(AccessDetail {
         method: "GET".into(),
         path: format!("/plant-7/sensors/{i}"),

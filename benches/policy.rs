@@ -186,7 +186,7 @@ fn decisions(c: &mut Criterion) {
         let unsliced = loaded.decide_unsliced(&principal, Action::Read, &twin, &ctx);
         assert!(sliced.allow, "n={n}: {sliced:?}");
         assert_eq!(sliced, unsliced, "n={n}");
-        assert_eq!(sliced.determining, vec![format!("p-{k}")]);
+        assert_eq!(sliced.determining[..], [format!("p-{k}")]);
 
         group.bench_with_input(BenchmarkId::new("sliced", n), &n, |b, _| {
             b.iter(|| {

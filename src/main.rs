@@ -759,7 +759,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode, Failure> {
         );
     } else {
         println!("determining policies:");
-        for id in &d.determining {
+        for id in d.determining.iter() {
             let pid = cedar_policy::PolicyId::new(id);
             println!("  {}", l.bundle.describe(&pid));
         }

@@ -462,11 +462,11 @@ impl Gateway {
             if d.allow {
                 allowed.push(action.name());
             }
-            policies.extend(d.determining);
+            policies.extend(d.determining.iter().cloned());
         }
         policies.sort();
         policies.dedup();
-        event.policies = policies;
+        event.policies = policies.into();
         if allowed.is_empty() {
             set_reason(&mut event, "policy allows no action on this route");
             self.audit.record(event).await;

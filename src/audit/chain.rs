@@ -204,7 +204,7 @@ mod tests {
         let mut access = AuditEvent::new("access", "allow", Timestamp::from_unix_secs(1_000));
         access.actor = Some("ci \"runner\"".into());
         access.route = Some("plant-7".into());
-        access.policies = vec!["b".into(), "a".into()];
+        access.policies = vec!["b".into(), "a".into()].into();
         access.detail = Detail::Access(Box::new(AccessDetail {
             method: "GET".into(),
             path: "/plant-7/\"q\"".into(),
@@ -233,7 +233,7 @@ mod tests {
             let detail: serde_json::Value = serde_json::from_str(l.detail).unwrap();
             assert_eq!(detail, owned.detail);
             let policies: Vec<String> = serde_json::from_str(l.policies).unwrap();
-            assert_eq!(policies, e.policies);
+            assert_eq!(policies[..], e.policies[..]);
             prev = l.hash.as_str().to_owned();
         }
         assert!(w.continue_after(1, "not a hash").is_none());

@@ -184,7 +184,7 @@ mod tests {
             e.route = opt(2, &strings[3]).map(Into::into);
             // Actions are static names; these need escaping.
             e.action = opts[3].then_some(["read", "q\"uote\\", "\u{1}ctl"][strings[4].len() % 3]);
-            e.policies = strings[5..5 + n_policies].to_vec();
+            e.policies = strings[5..5 + n_policies].to_vec().into();
             let client_ip = if v4 {
                 std::net::IpAddr::from([ip[0], ip[1], ip[2], ip[3]])
             } else {

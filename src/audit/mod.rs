@@ -45,7 +45,7 @@ pub struct AuditEvent {
     pub actor_pseudonym: Option<Arc<str>>,
     pub route: Option<Arc<str>>,
     pub action: Option<&'static str>,
-    pub policies: Vec<String>,
+    pub policies: Arc<[String]>,
     pub detail: Detail,
 }
 
@@ -160,7 +160,7 @@ impl AuditEvent {
             actor_pseudonym: None,
             route: None,
             action: None,
-            policies: Vec::new(),
+            policies: Default::default(),
             detail: Detail::default(),
         }
     }
@@ -211,7 +211,7 @@ impl From<&AuditEvent> for OwnedEvent {
             actor_pseudonym: e.actor_pseudonym.as_deref().map(str::to_owned),
             route: e.route.as_deref().map(str::to_owned),
             action: e.action.map(str::to_owned),
-            policies: e.policies.clone(),
+            policies: e.policies.to_vec(),
             detail: serde_json::to_value(&e.detail).unwrap_or_default(),
         }
     }
@@ -227,7 +227,7 @@ mod tests {
         let mut e = AuditEvent::new("access", "allow", Timestamp::from_unix_secs(1_000));
         e.actor = Some("ci \"runner\"".into());
         e.route = Some("plant-7".into());
-        e.policies = vec!["b".into(), "a".into()];
+        e.policies = vec!["b".into(), "a".into()].into();
         e.detail =
             serde_json::json!({ "z": 1, "a": { "y": [1, "ü"], "b": null }, "m": "x\ny" }).into();
         let owned = OwnedEvent::from(&e);

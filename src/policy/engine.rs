@@ -24,8 +24,9 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allow: bool,
-    /// Ids of the policies that determined the decision (empty for a default deny).
-    pub determining: Vec<String>,
+    /// Ids of the policies that determined the decision (empty for a default deny). Shared:
+    /// a memoized decision's ids go into an audit event on every request.
+    pub determining: std::sync::Arc<[String]>,
     /// Evaluation errors; a policy that errors is skipped, as Cedar specifies.
     pub errors: Vec<String>,
     /// Which policy set decided.
@@ -777,7 +778,7 @@ impl Loaded {
         determining.sort();
         Decision {
             allow: response.decision() == CedarDecision::Allow,
-            determining,
+            determining: determining.into(),
             errors: {
                 // Cedar leaves the order of errors open; sorted, the audit record is stable.
                 let mut e: Vec<String> = response
@@ -795,7 +796,7 @@ impl Loaded {
     fn deny_with(&self, error: String) -> Decision {
         Decision {
             allow: false,
-            determining: Vec::new(),
+            determining: Default::default(),
             errors: vec![error],
             generation: self.generation,
         }

@@ -249,7 +249,7 @@ pub fn run_dir(loaded: &Loaded, tests_dir: &Path) -> Result<Vec<CaseResult>, Str
                     if let Some(want) = &case.determining {
                         let mut want = want.clone();
                         want.sort();
-                        if want != d.determining {
+                        if want[..] != d.determining[..] {
                             ok = false;
                             detail
                                 .push_str(&format!("; expected determining [{}]", want.join(", ")));

@@ -576,7 +576,7 @@ mod tests {
                 errors: Vec::new(),
                 reason: Some("denied by policy".into()),
             }));
-            e.policies = vec![format!("p{i}")];
+            e.policies = vec![format!("p{i}")].into();
             evs.push(e);
         }
         appender.append(&evs[..3]).unwrap();
@@ -662,7 +662,7 @@ mod tests {
             for seq in 1..=3i64 {
                 let mut e = AuditEvent::new("access", "allow", Timestamp::from_unix_secs(seq));
                 e.route = Some("plant-7".into());
-                e.policies = vec![format!("p{seq}")];
+                e.policies = vec![format!("p{seq}")].into();
                 let hash = crate::audit::chain::hash_event(&prev, seq, &e);
                 sqlx::query("INSERT INTO audit_events (seq, event_id, at_ms, kind, outcome, route, policies, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?)")
                     .bind(seq)

@@ -605,7 +605,7 @@ const MUTANTS: [&str; 3] = [
 fn outcome(d: &Decision) -> (bool, Vec<String>, Vec<String>) {
     let mut errors = d.errors.clone();
     errors.sort();
-    (d.allow, d.determining.clone(), errors)
+    (d.allow, d.determining.to_vec(), errors)
 }
 
 fn cedar_outcome(
