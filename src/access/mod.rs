@@ -215,10 +215,10 @@ impl Gateway {
         let roles = caller.roles();
         // Tokens, the common case on the request path, borrow everything here.
         let session_amr: Vec<String>;
-        let (cache_key, amr, not_after): (Cow<str>, Vec<&str>, _) = match &caller {
+        let (cache_key, amr, not_after): (Cow<str>, Cow<[&str]>, _) = match &caller {
             Caller::Token(t) => (
                 Cow::Borrowed(t.cache_key.as_str()),
-                Vec::new(),
+                Cow::Borrowed(&["api_token"][..]),
                 Some(Timestamp::from_unix_secs(t.record.expires_at)),
             ),
             Caller::Browser(b) => {
@@ -229,14 +229,10 @@ impl Gateway {
                     .unwrap_or_default();
                 (
                     Cow::Owned(format!("session:{}", b.session.key.0)),
-                    session_amr.iter().map(String::as_str).collect(),
+                    Cow::Owned(session_amr.iter().map(String::as_str).collect()),
                     Some(b.session.expires),
                 )
             }
-        };
-        let amr: &[&str] = match &caller {
-            Caller::Token(_) => &["api_token"],
-            Caller::Browser(_) => &amr,
         };
         let creq = CredentialRequest {
             cache_key: &cache_key,
@@ -244,7 +240,7 @@ impl Gateway {
             audience: &route.name,
             twin: &route.twin,
             roles,
-            amr,
+            amr: &amr,
             generation: decision.generation,
             not_after,
         };

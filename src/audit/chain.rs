@@ -174,7 +174,7 @@ pub fn verify_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{AccessDetail, Detail, OwnedEvent};
+    use crate::audit::{Detail, OwnedEvent};
     use crate::clock::Timestamp;
 
     #[test]
@@ -205,17 +205,8 @@ mod tests {
         access.actor = Some("ci \"runner\"".into());
         access.route = Some("plant-7".into());
         access.policies = vec!["b".into(), "a".into()].into();
-        access.detail = Detail::Access(Box::new(AccessDetail {
-            method: "GET".into(),
-            path: "/plant-7/\"q\"".into(),
-            client_ip: "2001:db8::1".parse().unwrap(),
-            twin: "plant-7".into(),
-            purpose: None,
-            token_id: Some("tok".into()),
-            session: None,
-            errors: vec!["e".into()],
-            reason: Some("denied by policy".into()),
-        }));
+        access.detail =
+            Detail::Access(crate::audit::tests::sample_detail(Some("denied by policy")));
         let mut other = AuditEvent::new("policy.reload", "ok", Timestamp::from_unix_secs(1_001));
         other.detail =
             serde_json::json!({ "z": 1, "a": { "y": [1, "ü"], "b": null }, "m": "x\ny" }).into();

@@ -218,9 +218,24 @@ impl From<&AuditEvent> for OwnedEvent {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::chain::hash_event;
     use super::*;
+
+    /// An access detail with text that needs escaping and an IPv6 address.
+    pub(crate) fn sample_detail(reason: Option<&str>) -> Box<AccessDetail> {
+        Box::new(AccessDetail {
+            method: "GET".into(),
+            path: "/plant-7/\"q\"".into(),
+            client_ip: "2001:db8::1".parse().unwrap(),
+            twin: "plant-7".into(),
+            purpose: None,
+            token_id: Some("tok".into()),
+            session: None,
+            errors: vec!["e".into()],
+            reason: reason.map(str::to_owned),
+        })
+    }
 
     #[test]
     fn an_event_hashes_like_its_stored_form() {
@@ -238,17 +253,7 @@ mod tests {
     #[test]
     fn a_typed_access_detail_reads_back_as_its_json() {
         let mut e = AuditEvent::new("access", "deny", Timestamp::from_unix_secs(1_000));
-        e.detail = Detail::Access(Box::new(AccessDetail {
-            method: "GET".into(),
-            path: "/plant-7/\"q\"".into(),
-            client_ip: "2001:db8::1".parse().unwrap(),
-            twin: "plant-7".into(),
-            purpose: None,
-            token_id: Some("tok".into()),
-            session: None,
-            errors: vec!["e".into()],
-            reason: None,
-        }));
+        e.detail = Detail::Access(sample_detail(None));
         e.detail.set_reason("denied by policy");
         let read_back = OwnedEvent::from(&e).detail;
         assert_eq!(read_back["client_ip"], "2001:db8::1");
