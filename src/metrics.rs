@@ -45,6 +45,8 @@ pub struct AuditMetrics {
     pub queued: Gauge,
     /// Events committed to the chain.
     pub appended: Counter,
+    /// Times the queue passed a quarter full and the writer took a core at normal priority.
+    pub takeovers: Counter,
 }
 
 impl Default for Metrics {
@@ -110,6 +112,11 @@ impl Metrics {
             "audit_events",
             "Audit events committed to the chain",
             audit.appended.clone(),
+        );
+        registry.register(
+            "audit_takeovers",
+            "Times the audit queue passed a quarter full and the writer ran at normal priority (no idle CPU was left for it)",
+            audit.takeovers.clone(),
         );
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Metrics {
