@@ -65,6 +65,25 @@ pub fn push_str_array(out: &mut Vec<u8>, items: &[String]) {
     out.push(b']');
 }
 
+/// An address as `Display` writes it; IPv4, the common case, without the formatting
+/// machinery (it showed in the writer's profile).
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// The detail of an access event as stored (`serde_json::to_string(&detail)`).
 pub fn write_access_detail(out: &mut Vec<u8>, d: &AccessDetail) {
     out.extend_from_slice(b"{\"method\":");
@@ -72,7 +91,7 @@ pub fn write_access_detail(out: &mut Vec<u8>, d: &AccessDetail) {
     out.extend_from_slice(b",\"path\":");
     push_str(out, &d.path);
     out.extend_from_slice(b",\"client_ip\":\"");
-    let _ = write!(out, "{}", d.client_ip);
+    push_ip(out, d.client_ip);
     out.extend_from_slice(b"\",\"twin\":");
     push_str(out, &d.twin);
     out.extend_from_slice(b",\"purpose\":");
@@ -108,7 +127,9 @@ pub struct Parts {
 pub fn write_canonical(out: &mut Vec<u8>, e: &AuditEvent) -> Parts {
     out.extend_from_slice(b"{\"event_id\":");
     push_str(out, &e.event_id);
-    let _ = write!(out, ",\"at_ms\":{},\"kind\":", e.at_ms);
+    out.extend_from_slice(b",\"at_ms\":");
+    out.extend_from_slice(itoa::Buffer::new().format(e.at_ms).as_bytes());
+    out.extend_from_slice(b",\"kind\":");
     push_str(out, e.kind);
     out.extend_from_slice(b",\"outcome\":");
     push_str(out, e.outcome);

@@ -166,10 +166,18 @@ impl AuditEvent {
     }
 }
 
+thread_local! {
+    /// One UUIDv7 context per thread: `Uuid::now_v7` shares one behind a process-wide mutex,
+    /// which every request took. Ids stay unique across threads by their random bits (a
+    /// counter seeded at random each millisecond, then 32 random bits).
+    static ID_CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
+}
+
 /// A time-ordered unique id (UUIDv7), used for decision ids.
 pub fn new_id() -> String {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::now_v7()
+    ID_CONTEXT
+        .with(|context| uuid::Uuid::new_v7(uuid::Timestamp::now(context)))
         .hyphenated()
         .encode_lower(&mut buf)
         .to_owned()
@@ -235,6 +243,28 @@ pub(crate) mod tests {
             errors: vec!["e".into()],
             reason: reason.map(str::to_owned),
         })
+    }
+
+    #[test]
+    fn ids_are_unique_across_threads_and_ordered_within_one() {
+        let per_thread: Vec<Vec<String>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..20_000).map(|_| new_id()).collect::<Vec<_>>()))
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let mut all = std::collections::HashSet::new();
+        for ids in &per_thread {
+            assert!(
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "ids of one thread out of order"
+            );
+            for id in ids {
+                let parsed = uuid::Uuid::parse_str(id).unwrap();
+                assert_eq!(parsed.get_version_num(), 7);
+                assert!(all.insert(id.clone()), "duplicate id {id}");
+            }
+        }
     }
 
     #[test]
