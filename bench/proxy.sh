@@ -5,7 +5,8 @@
 #   (c) wrk -> twinward -> upstream             (API token, Cedar decision over the shipped
 #                                                policies, twin credential attached, audited)
 # The upstream is examples/bench_upstream.rs (hyper, 64-byte 200). Everything shares the
-# machine's cores, wrk included. Prints requests/s, p50 and p99 for each at full load, the
+# machine's cores, wrk included. Prints requests/s, p50 and p99 for each at full load, with
+# the CPU time nginx and twinward spent per request (all their threads, from /proc), the
 # ratios c/a and c/b, then p50/p99 of all three at the same paced rate, half of twinward's
 # maximum, and the p99 twinward adds there.
 #
@@ -157,6 +158,7 @@ nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" -t
   || die "nginx rejected its config: $(cat "$WORK/nginx/error.log")"
 nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" &
 PIDS+=($!)
+NGINX_PID=$!
 NGINX_URL="http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
 wait_status "$NGINX_URL" 200 || die "nginx did not answer 200 on $NGINX_URL: $(cat "$WORK/nginx/error.log")"
 
@@ -198,6 +200,7 @@ TOKEN="$("$TWINWARD" token create --config "$TW_CONFIG" --service-account bench-
 [ -n "$TOKEN" ] || die "token create printed no token"
 "$TWINWARD" serve --config "$TW_CONFIG" 2>"$WORK/twinward/serve.log" &
 PIDS+=($!)
+TW_PID=$!
 wait_status "http://127.0.0.1:$TW_ADMIN_PORT/readyz" 200 \
   || die "twinward did not become ready: $(cat "$WORK/twinward/serve.log")"
 TW_URL="http://127.0.0.1:$TW_PORT$PATH_UNDER_TEST"
@@ -233,6 +236,31 @@ measure() {
   [ "${REQUESTS:-0}" -gt 0 ] || die "$name: no requests completed"
 }
 
+# cpu_ticks PID...: user + system clock ticks used so far by these processes, all threads.
+cpu_ticks() {
+  local total=0 stat
+  for pid in "$@"; do
+    for stat in /proc/"$pid"/task/*/stat; do
+      # Fields 14 and 15, counted after the command name (which holds no spaces here).
+      total=$((total + $(awk '{ print $14 + $15 }' "$stat" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
+}
+CLK_TCK="$(getconf CLK_TCK)"
+# measure_cpu NAME URL PIDS [wrk args...]: measure at full load; also sets CPU (µs of the
+# proxy's own CPU time per request: PIDS are its processes).
+measure_cpu() {
+  local name=$1 url=$2 pids=$3 before after
+  shift 3
+  # shellcheck disable=SC2086
+  before="$(cpu_ticks $pids)"
+  measure "$name" "$url" 0 "$@"
+  # shellcheck disable=SC2086
+  after="$(cpu_ticks $pids)"
+  CPU="$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$REQUESTS" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')"
+}
+
 warm() {
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$@" >/dev/null 2>&1 || die "warm-up failed for $*"
 }
@@ -258,16 +286,16 @@ for round in $(seq 1 "$ROUNDS"); do
   measure "direct-$round" "$DIRECT_URL" 0
   A_RUNS+="$RPS $P50 $P99"$'\n'
   a=$RPS
-  measure "nginx-$round" "$NGINX_URL" 0
-  B_RUNS+="$RPS $P50 $P99"$'\n'
+  measure_cpu "nginx-$round" "$NGINX_URL" "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+  B_RUNS+="$RPS $P50 $P99 $CPU"$'\n'
   b=$RPS
-  measure "twinward-$round" "$TW_URL" 0 "${AUTH[@]}"
-  C_RUNS+="$RPS $P50 $P99"$'\n'
-  printf '   round %d: direct %.0f, nginx %.0f, twinward %.0f req/s\n' "$round" "$a" "$b" "$RPS"
+  measure_cpu "twinward-$round" "$TW_URL" "$TW_PID" "${AUTH[@]}"
+  C_RUNS+="$RPS $P50 $P99 $CPU"$'\n'
+  printf '   round %d: direct %.0f, nginx %.0f, twinward %.0f req/s (c/b %s)\n' "$round" "$a" "$b" "$RPS" "$(ratio "$RPS" "$b")"
 done
 read -r A_RPS A_P50 A_P99 <<<"$(printf '%s' "$A_RUNS" | median_of 1)"
-read -r B_RPS B_P50 B_P99 <<<"$(printf '%s' "$B_RUNS" | median_of 1)"
-read -r C_RPS C_P50 C_P99 <<<"$(printf '%s' "$C_RUNS" | median_of 1)"
+read -r B_RPS B_P50 B_P99 B_CPU <<<"$(printf '%s' "$B_RUNS" | median_of 1)"
+read -r C_RPS C_P50 C_P99 C_CPU <<<"$(printf '%s' "$C_RUNS" | median_of 1)"
 
 HALF="$(awk -v r="$C_RPS" 'BEGIN { printf "%d", r / 2 }')"
 echo "== paced at $HALF req/s (half of twinward's median maximum), same $CONNECTIONS connections, $ROUNDS rounds"
@@ -289,10 +317,10 @@ CB="$(ratio "$C_RPS" "$B_RPS")"
 verdict() { awk -v x="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? (x >= t) : (x <= t); print ok ? "met" : "NOT met" }'; }
 
 echo
-printf '%-34s %12s %12s %12s\n' "full load" "req/s" "p50" "p99"
-printf '%-34s %12.0f %12s %12s\n' "(a) direct to upstream" "$A_RPS" "$(ms "$A_P50")" "$(ms "$A_P99")"
-printf '%-34s %12.0f %12s %12s\n' "(b) nginx reverse proxy" "$B_RPS" "$(ms "$B_P50")" "$(ms "$B_P99")"
-printf '%-34s %12.0f %12s %12s\n' "(c) twinward (token+Cedar+JWT)" "$C_RPS" "$(ms "$C_P50")" "$(ms "$C_P99")"
+printf '%-34s %12s %12s %12s %14s\n' "full load" "req/s" "p50" "p99" "proxy CPU/req"
+printf '%-34s %12.0f %12s %12s %14s\n' "(a) direct to upstream" "$A_RPS" "$(ms "$A_P50")" "$(ms "$A_P99")" "-"
+printf '%-34s %12.0f %12s %12s %11s µs\n' "(b) nginx reverse proxy" "$B_RPS" "$(ms "$B_P50")" "$(ms "$B_P99")" "$B_CPU"
+printf '%-34s %12.0f %12s %12s %11s µs\n' "(c) twinward (token+Cedar+JWT)" "$C_RPS" "$(ms "$C_P50")" "$(ms "$C_P99")" "$C_CPU"
 echo
 printf 'c/a = %s   c/b = %s   (target c/b >= 0.9: %s)\n' "$(ratio "$C_RPS" "$A_RPS")" "$CB" "$(verdict "$CB" 0.9 ">=")"
 echo
