@@ -1,7 +1,8 @@
 //! What the audit writer pays per event: `AuditAppender::append` on SQLite (chain hashing,
 //! JSON of the detail, the insert, the commit and the WAL checkpoints it triggers) for
-//! transactions of 128 typical access events, as the writer commits them; and linking one
-//! event into the chain alone (its canonical JSON and hash). `cargo bench --bench audit`; throughput is in events.
+//! transactions of 512 typical access events, as the writer commits them, and of 128 for
+//! comparison; and linking one event into the chain alone (its canonical JSON and hash).
+//! `cargo bench --bench audit`; throughput is in events.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use twinward::audit::chain::ChainWriter;
@@ -39,18 +40,20 @@ fn bench(c: &mut Criterion) {
     let store = rt.block_on(SqliteStore::open(&url)).unwrap();
     let mut appender = store.audit_appender().unwrap().unwrap();
     let mut g = c.benchmark_group("audit");
-    g.throughput(Throughput::Elements(128));
     let mut n = 0u64;
-    g.bench_function("append_128_events", |b| {
-        b.iter_batched(
-            || {
-                n += 128;
-                (n..n + 128).map(access_event).collect::<Vec<_>>()
-            },
-            |events| appender.append(&events).unwrap(),
-            BatchSize::SmallInput,
-        )
-    });
+    for size in [512u64, 128] {
+        g.throughput(Throughput::Elements(size));
+        g.bench_function(format!("append_{size}_events"), |b| {
+            b.iter_batched(
+                || {
+                    n += size;
+                    (n..n + size).map(access_event).collect::<Vec<_>>()
+                },
+                |events| appender.append(&events).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
     g.throughput(Throughput::Elements(1));
     let e = access_event(1);
     let mut chain = ChainWriter::new();
