@@ -109,9 +109,7 @@ impl Drain {
             std::thread::sleep(LINGER);
             self.take_ready();
         }
-        self.metrics
-            .queued
-            .set((self.taken.len() - self.done + self.rx.len()) as i64);
+        self.report_queued();
         true
     }
 
@@ -129,6 +127,12 @@ impl Drain {
         }
     }
 
+    /// Events taken but not appended, and those still in the queue.
+    fn report_queued(&self) {
+        let waiting = self.taken.len() - self.done + self.rx.len();
+        self.metrics.queued.set(waiting as i64);
+    }
+
     /// Appends the next chunk of taken events, retrying until storage takes it: events are
     /// delayed, not lost, while the database is briefly unavailable.
     fn append_chunk(&mut self) {
@@ -142,9 +146,7 @@ impl Drain {
         }
         self.metrics.appended.inc_by(chunk.len() as u64);
         self.done = end;
-        self.metrics
-            .queued
-            .set((self.taken.len() - self.done + self.rx.len()) as i64);
+        self.report_queued();
     }
 }
 
@@ -163,9 +165,6 @@ fn background_writer(drain: &Mutex<Drain>, pressure: &Pressure) {
     loop {
         {
             let mut d = lock(drain);
-            if d.finished {
-                return;
-            }
             if !d.has_pending() && !d.take_waiting() {
                 return;
             }
