@@ -194,6 +194,14 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
+    if is_canonical(raw) {
+        return Ok(NormalizedPath(raw.to_owned()));
+    }
+    normalize_in_full(raw)
+}
+
+/// Every phase of [`normalize`] after the length and absoluteness checks.
+fn normalize_in_full(raw: &str) -> Result<NormalizedPath, PathError> {
     screen_raw(raw)?;
     let Decoded { segments, bytes } = decode(raw)?;
     check_double_encoding(&bytes)?;
@@ -207,6 +215,37 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
         return Err(PathError::TooLong);
     }
     Ok(NormalizedPath(out))
+}
+
+/// Whether `raw` (starting with `/`, at most [`MAX_PATH_LEN`] bytes) is already its own
+/// normal form, as the paths tools send nearly always are: only raw `pchar` bytes and
+/// slashes (no escape, nothing to encode or refuse), no empty segment but a trailing one,
+/// no `.` or `..` segment. For such a path every phase of [`normalize`] is the identity:
+/// `decode` copies each byte into its segment, `resolve` keeps every segment and the
+/// trailing slash. One pass and no allocation but the result; a property test checks it
+/// against the full pass.
+fn is_canonical(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    // Index 0 is the leading '/'; `start` is where the current segment begins.
+    let mut start = 1;
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        if b == b'/' {
+            if !is_plain_segment(&bytes[start..i]) {
+                return false;
+            }
+            start = i + 1;
+        } else if !is_raw_allowed(b) {
+            return false;
+        }
+    }
+    // The last segment may be empty: the trailing slash `resolve` keeps.
+    let last = &bytes[start..];
+    last.is_empty() || is_plain_segment(last)
+}
+
+/// A segment `resolve` keeps as it is: not empty, not `.` or `..`.
+fn is_plain_segment(segment: &[u8]) -> bool {
+    !matches!(segment, b"" | b"." | b"..")
 }
 
 /// Refuses raw bytes that are ambiguous or dangerous before any decoding happens.
@@ -689,5 +728,38 @@ mod tests {
         }
         // Make sure the generator exercises the accepting path, not only refusals.
         assert!(accepted > 100, "only {accepted} inputs accepted");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// The short cut for paths already in normal form gives what the full pass gives,
+        /// on paths built from the bytes that decide it (slashes, dots, escapes, characters
+        /// that are encoded or refused) and on arbitrary ones.
+        #[test]
+        fn the_canonical_short_cut_agrees_with_the_full_pass(
+            tail in "[a/.%2eE;~:@ \\\\#?\u{e9}-]{0,24}",
+            any in ".{0,24}",
+        ) {
+            for raw in [format!("/{tail}"), format!("/{any}")] {
+                let full = normalize_in_full(&raw);
+                if is_canonical(&raw) {
+                    proptest::prop_assert_eq!(full.as_ref().map(NormalizedPath::as_str), Ok(raw.as_str()));
+                }
+                proptest::prop_assert_eq!(normalize(&raw), full);
+            }
+        }
+    }
+
+    #[test]
+    fn the_short_cut_takes_only_paths_in_normal_form() {
+        for raw in ["/", "/plant-7/state", "/a/", "/a:b/@c/~d_e.f", "/a/..b/.c/"] {
+            assert!(is_canonical(raw), "{raw}");
+        }
+        for raw in [
+            "//", "/a//b", "/./a", "/a/..", "/a/../", "/%41", "/a b", "/a;b", "/\u{e9}",
+        ] {
+            assert!(!is_canonical(raw), "{raw}");
+        }
     }
 }
