@@ -147,12 +147,12 @@ fn context(path: &str) -> RequestContext {
         IpAddr::V4(Ipv4Addr::new(10, 20, 1, 7)),
         TimeContext::at(Timestamp::from_unix_secs(1_795_169_700), &chrono_tz::UTC),
         RequestInfo {
-            method: "GET".to_owned(),
-            path: path.to_owned(),
+            method: "GET".into(),
+            path: path.into(),
         },
     );
-    c.network.zone = "plant".to_owned();
-    c.network.country = "DE".to_owned();
+    c.network.zone = "plant".into();
+    c.network.country = "DE".into();
     c
 }
 

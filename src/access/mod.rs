@@ -397,11 +397,11 @@ impl Gateway {
             req.client_ip,
             TimeContext::at(now, &self.config.location.timezone),
             RequestInfo {
-                method: req.method.to_owned(),
-                path: req.path.to_owned(),
+                method: req.method.into(),
+                path: req.path.into(),
             },
         );
-        ctx.network.zone = self.network.zone(req.client_ip).to_owned();
+        ctx.network.zone = self.network.zone(req.client_ip).into();
         ctx.purpose = req.purpose.map(str::to_owned);
         ctx
     }

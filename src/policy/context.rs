@@ -70,11 +70,14 @@ impl DeviceContext {
     }
 }
 
+/// Zone, country, method and path are built for every request: `SmolStr` holds the short
+/// strings they nearly always are inline, and the defaults are static, so building a
+/// context allocates nothing in the common case.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NetworkContext {
     pub ip: IpAddr,
-    pub zone: String,
-    pub country: String,
+    pub zone: SmolStr,
+    pub country: SmolStr,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,8 +108,8 @@ impl TimeContext {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestInfo {
-    pub method: String,
-    pub path: String,
+    pub method: SmolStr,
+    pub path: SmolStr,
 }
 
 /// A context field (or record) a policy reads, resolved from its attribute path once when
@@ -199,8 +202,8 @@ impl RequestContext {
             device: DeviceContext::unknown(),
             network: NetworkContext {
                 ip,
-                zone: "unknown".to_owned(),
-                country: "ZZ".to_owned(),
+                zone: SmolStr::new_static("unknown"),
+                country: SmolStr::new_static("ZZ"),
             },
             time,
             request,
@@ -523,9 +526,9 @@ fn evaluated(e: RestrictedExpression) -> Result<Value, String> {
     }
 }
 
-fn set<T>(slot: &mut T, v: Option<T>) {
+fn set<T, V: Into<T>>(slot: &mut T, v: Option<V>) {
     if let Some(v) = v {
-        *slot = v;
+        *slot = v.into();
     }
 }
 

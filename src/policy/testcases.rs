@@ -168,8 +168,8 @@ pub fn evaluate(
         std::net::IpAddr::from([127, 0, 0, 1]),
         TimeContext::at(Timestamp::from_unix_secs(DEFAULT_NOW), tz),
         RequestInfo {
-            method: http_method.to_owned(),
-            path: "/".to_owned(),
+            method: http_method.into(),
+            path: "/".into(),
         },
     );
     if let Some(c) = &q.context {
