@@ -74,15 +74,74 @@ pub struct Minter {
     issuer: String,
     ttl: Duration,
     keys: ArcSwap<KeyRing>,
-    cache: [Mutex<HashMap<CacheKey, Arc<Credential>>>; SHARDS],
+    cache: [Mutex<CredentialMap>; SHARDS],
+    /// Picks a key's shard; the same for every lookup of a key, whatever its form.
+    shards: foldhash::fast::FixedState,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Cached credentials are looked up on every request: the map is searched with borrowed
+/// parts ([`KeyParts`]), so a hit builds no key, and hashed with foldhash (its keys are
+/// token ids, session keys and route names, never chosen freely by a client).
+type CredentialMap = HashMap<CacheKey, Arc<Credential>, foldhash::fast::RandomState>;
+
+#[derive(Debug, Clone)]
 struct CacheKey {
     principal: String,
     audience: String,
     generation: u64,
 }
+
+/// A cache key's parts, owned ([`CacheKey`]) or borrowed (a lookup). Both hash and
+/// compare through `parts`, as `HashMap`'s `Borrow` contract requires.
+trait KeyParts {
+    fn parts(&self) -> (&str, &str, u64);
+}
+
+impl KeyParts for CacheKey {
+    fn parts(&self) -> (&str, &str, u64) {
+        (&self.principal, &self.audience, self.generation)
+    }
+}
+
+impl KeyParts for (&str, &str, u64) {
+    fn parts(&self) -> (&str, &str, u64) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn KeyParts + 'a> for CacheKey {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn KeyParts + '_ {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.parts().hash(h)
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.parts().hash(h)
+    }
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for CacheKey {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MintError {
@@ -98,7 +157,8 @@ impl Minter {
             issuer,
             ttl,
             keys: ArcSwap::from_pointee(keys),
-            cache: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            cache: std::array::from_fn(|_| Mutex::new(CredentialMap::default())),
+            shards: foldhash::fast::FixedState::default(),
         }
     }
 
@@ -124,14 +184,10 @@ impl Minter {
         scope: &str,
         now: Timestamp,
     ) -> Result<(Arc<Credential>, bool), MintError> {
-        let key = CacheKey {
-            principal: req.cache_key.to_owned(),
-            audience: req.audience.to_owned(),
-            generation: req.generation,
-        };
-        let shard = &self.cache[shard_of(&key)];
+        let parts = (req.cache_key, req.audience, req.generation);
+        let shard = &self.cache[self.shard_of(&parts)];
         if let Ok(map) = shard.lock() {
-            if let Some(c) = map.get(&key) {
+            if let Some(c) = map.get(&parts as &dyn KeyParts) {
                 let lifetime = c.expires_at.saturating_since(c.issued_at);
                 if c.expires_in(now) > lifetime / 5 && c.scope == scope {
                     return Ok((c.clone(), false));
@@ -146,9 +202,19 @@ impl Minter {
                     map.clear();
                 }
             }
+            let key = CacheKey {
+                principal: req.cache_key.to_owned(),
+                audience: req.audience.to_owned(),
+                generation: req.generation,
+            };
             map.insert(key, cred.clone());
         }
         Ok((cred, true))
+    }
+
+    fn shard_of(&self, parts: &(&str, &str, u64)) -> usize {
+        use std::hash::BuildHasher;
+        (self.shards.hash_one(parts) as usize) % SHARDS
     }
 
     /// Signs a new credential.
@@ -196,12 +262,6 @@ impl Minter {
             scope: scope.to_owned(),
         })
     }
-}
-
-fn shard_of(k: &CacheKey) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    k.hash(&mut h);
-    (h.finish() as usize) % SHARDS
 }
 
 #[cfg(test)]
@@ -327,5 +387,39 @@ mod tests {
             .get_or_mint(&r, "read", t0.saturating_add(Duration::from_secs(243)))
             .unwrap();
         assert!(minted);
+    }
+
+    /// A credential is reused only for the very principal and route it was minted for:
+    /// a lookup borrows the key's parts, and every part must match.
+    #[test]
+    fn a_cached_credential_serves_only_its_own_principal_and_route() {
+        let (_d, m) = minter(SigningAlgorithm::EdDsa);
+        let roles = vec![];
+        let t0 = Timestamp::from_unix_secs(10_000);
+        let mut first = req(&roles);
+        first.cache_key = "token:a";
+        first.subject = "subject-a";
+        first.audience = "plant-7";
+        let (a, _) = m.get_or_mint(&first, "read", t0).unwrap();
+        // The same characters split differently between principal and route, other
+        // principals, other routes: each gets a credential of its own. Many of them, so
+        // that some share the first key's shard and its map is really searched.
+        let mut others = vec![("token:aplant".to_owned(), "-7".to_owned())];
+        for i in 0..64 {
+            others.push((format!("token:{i}"), "plant-7".to_owned()));
+            others.push(("token:a".to_owned(), format!("plant-{}", i + 100)));
+        }
+        for (key, audience) in &others {
+            let mut other = req(&roles);
+            other.cache_key = key;
+            other.subject = "subject-b";
+            other.audience = audience;
+            let (c, minted) = m.get_or_mint(&other, "read", t0).unwrap();
+            assert!(minted, "{key} / {audience} was served a cached credential");
+            assert_ne!(c.jti, a.jti);
+        }
+        let (again, minted) = m.get_or_mint(&first, "read", t0).unwrap();
+        assert!(!minted);
+        assert_eq!(again.jti, a.jti);
     }
 }
