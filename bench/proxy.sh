@@ -102,12 +102,12 @@ if [ -n "${TWINWARD_BIN:-}" ]; then
   # A/B runs: a twinward binary built elsewhere; the upstream must already be built.
   TWINWARD="$TWINWARD_BIN"
 else
-  echo "== building release binaries (twinward, examples/bench_upstream)"
-  (cd "$REPO" && cargo build --release --quiet --bin twinward --example bench_upstream)
-  TWINWARD="$TARGET/release/twinward"
+  echo "== building the production profile (twinward, examples/bench_upstream)"
+  (cd "$REPO" && cargo build --profile production --quiet --bin twinward --example bench_upstream)
+  TWINWARD="$TARGET/production/twinward"
 fi
-UPSTREAM_BIN="$TARGET/release/examples/bench_upstream"
-[ -x "$TWINWARD" ] && [ -x "$UPSTREAM_BIN" ] || die "release binaries not found under $TARGET/release"
+UPSTREAM_BIN="$TARGET/production/examples/bench_upstream"
+[ -x "$TWINWARD" ] && [ -x "$UPSTREAM_BIN" ] || die "production binaries not found under $TARGET/production"
 
 UP_PORT="$(free_port)"
 NGINX_PORT="$(free_port)"
