@@ -8,7 +8,8 @@
 # machine's cores, wrk included. Prints requests/s, p50 and p99 for each at full load, with
 # the CPU time nginx and twinward spent per request (all their threads, from /proc), the
 # ratios c/a and c/b, then p50/p99 of all three at the same paced rate, half of twinward's
-# maximum, and the p99 twinward adds there.
+# maximum, with how busy the machine's cores were and how much time the hypervisor stole
+# meanwhile, and the p99 twinward adds there.
 #
 #   bash bench/proxy.sh                  # 3 rounds of 10 s per measurement
 #   DURATION=30 bash bench/proxy.sh      # longer
@@ -297,15 +298,42 @@ read -r A_RPS A_P50 A_P99 <<<"$(printf '%s' "$A_RUNS" | median_of 1)"
 read -r B_RPS B_P50 B_P99 B_CPU <<<"$(printf '%s' "$B_RUNS" | median_of 1)"
 read -r C_RPS C_P50 C_P99 C_CPU <<<"$(printf '%s' "$C_RUNS" | median_of 1)"
 
+# The paced tail is mostly time spent waiting for a core, so the machine's own state is
+# printed beside it: how busy all cores were (wrk, the upstream and the proxy together) and
+# how much time the hypervisor took away, from /proc/stat over each target's paced runs.
+# cpu_jiffies: "busy stolen total" summed over all cores so far (guest time is already in
+# user time, so the total stops at steal).
+cpu_jiffies() {
+  awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8; total = 0; for (i = 2; i <= 9; i++) total += $i; print busy, $9, total }' /proc/stat
+}
+# cpu_share BEFORE AFTER: "busy% stolen%" of the time between two cpu_jiffies samples.
+cpu_share() {
+  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[3] - x[3]; if (t <= 0) t = 1;
+    printf "%.0f %.1f", 100 * (y[1] - x[1]) / t, 100 * (y[2] - x[2]) / t }'
+}
+# add_jiffies ACC BEFORE AFTER: ACC plus the difference.
+add_jiffies() {
+  awk -v acc="$1" -v a="$2" -v b="$3" 'BEGIN { split(acc, s, " "); split(a, x, " "); split(b, y, " ");
+    printf "%d %d %d", s[1] + y[1] - x[1], s[2] + y[2] - x[2], s[3] + y[3] - x[3] }'
+}
+paced() {
+  local before after
+  before="$(cpu_jiffies)"
+  measure "$@"
+  after="$(cpu_jiffies)"
+  JIFFIES="$(add_jiffies "$JIFFIES" "$before" "$after")"
+}
+
 HALF="$(awk -v r="$C_RPS" 'BEGIN { printf "%d", r / 2 }')"
 echo "== paced at $HALF req/s (half of twinward's median maximum), same $CONNECTIONS connections, $ROUNDS rounds"
 LA_RUNS="" LB_RUNS="" LC_RUNS=""
+LA_CPU="0 0 0" LB_CPU="0 0 0" LC_CPU="0 0 0"
 for round in $(seq 1 "$ROUNDS"); do
-  measure "direct-half-$round" "$DIRECT_URL" "$HALF"
+  JIFFIES="$LA_CPU"; paced "direct-half-$round" "$DIRECT_URL" "$HALF"; LA_CPU="$JIFFIES"
   LA_RUNS+="$RPS $P50 $P99"$'\n'
-  measure "nginx-half-$round" "$NGINX_URL" "$HALF"
+  JIFFIES="$LB_CPU"; paced "nginx-half-$round" "$NGINX_URL" "$HALF"; LB_CPU="$JIFFIES"
   LB_RUNS+="$RPS $P50 $P99"$'\n'
-  measure "twinward-half-$round" "$TW_URL" "$HALF" "${AUTH[@]}"
+  JIFFIES="$LC_CPU"; paced "twinward-half-$round" "$TW_URL" "$HALF" "${AUTH[@]}"; LC_CPU="$JIFFIES"
   LC_RUNS+="$RPS $P50 $P99"$'\n'
 done
 read -r LA_RPS LA_P50 LA_P99 <<<"$(printf '%s' "$LA_RUNS" | median_of 3)"
@@ -324,10 +352,11 @@ printf '%-34s %12.0f %12s %12s %11s µs\n' "(c) twinward (token+Cedar+JWT)" "$C_
 echo
 printf 'c/a = %s   c/b = %s   (target c/b >= 0.9: %s)\n' "$(ratio "$C_RPS" "$A_RPS")" "$CB" "$(verdict "$CB" 0.9 ">=")"
 echo
-printf '%-34s %12s %12s %12s\n' "paced at $HALF req/s" "req/s" "p50" "p99"
-printf '%-34s %12.0f %12s %12s\n' "(a) direct to upstream" "$LA_RPS" "$(ms "$LA_P50")" "$(ms "$LA_P99")"
-printf '%-34s %12.0f %12s %12s\n' "(b) nginx reverse proxy" "$LB_RPS" "$(ms "$LB_P50")" "$(ms "$LB_P99")"
-printf '%-34s %12.0f %12s %12s\n' "(c) twinward (token+Cedar+JWT)" "$LC_RPS" "$(ms "$LC_P50")" "$(ms "$LC_P99")"
+share() { read -r busy stolen <<<"$(cpu_share "0 0 0" "$1")"; printf '%3s%% busy, %4s%% stolen' "$busy" "$stolen"; }
+printf '%-34s %12s %12s %12s   %s\n' "paced at $HALF req/s" "req/s" "p50" "p99" "all $CORES cores"
+printf '%-34s %12.0f %12s %12s   %s\n' "(a) direct to upstream" "$LA_RPS" "$(ms "$LA_P50")" "$(ms "$LA_P99")" "$(share "$LA_CPU")"
+printf '%-34s %12.0f %12s %12s   %s\n' "(b) nginx reverse proxy" "$LB_RPS" "$(ms "$LB_P50")" "$(ms "$LB_P99")" "$(share "$LB_CPU")"
+printf '%-34s %12.0f %12s %12s   %s\n' "(c) twinward (token+Cedar+JWT)" "$LC_RPS" "$(ms "$LC_P50")" "$(ms "$LC_P99")" "$(share "$LC_CPU")"
 echo
 printf 'added p99 at 50%% load (c - a) = %s   (target <= 1 ms: %s)\n' \
   "$(ms "$ADDED_P99")" "$(verdict "$ADDED_P99" 1000 "<=")"
