@@ -311,17 +311,17 @@ cpu_share() {
   awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[3] - x[3]; if (t <= 0) t = 1;
     printf "%.0f %.1f", 100 * (y[1] - x[1]) / t, 100 * (y[2] - x[2]) / t }'
 }
-# add_jiffies ACC BEFORE AFTER: ACC plus the difference.
-add_jiffies() {
-  awk -v acc="$1" -v a="$2" -v b="$3" 'BEGIN { split(acc, s, " "); split(a, x, " "); split(b, y, " ");
-    printf "%d %d %d", s[1] + y[1] - x[1], s[2] + y[2] - x[2], s[3] + y[3] - x[3] }'
-}
+# paced ACC NAME URL RATE [wrk args...]: measure, adding the run's cpu_jiffies to the
+# variable named ACC.
 paced() {
+  local -n acc=$1
   local before after
+  shift
   before="$(cpu_jiffies)"
   measure "$@"
   after="$(cpu_jiffies)"
-  JIFFIES="$(add_jiffies "$JIFFIES" "$before" "$after")"
+  acc="$(awk -v acc="$acc" -v a="$before" -v b="$after" 'BEGIN { split(acc, s, " "); split(a, x, " "); split(b, y, " ");
+    printf "%d %d %d", s[1] + y[1] - x[1], s[2] + y[2] - x[2], s[3] + y[3] - x[3] }')"
 }
 
 HALF="$(awk -v r="$C_RPS" 'BEGIN { printf "%d", r / 2 }')"
@@ -329,11 +329,11 @@ echo "== paced at $HALF req/s (half of twinward's median maximum), same $CONNECT
 LA_RUNS="" LB_RUNS="" LC_RUNS=""
 LA_CPU="0 0 0" LB_CPU="0 0 0" LC_CPU="0 0 0"
 for round in $(seq 1 "$ROUNDS"); do
-  JIFFIES="$LA_CPU"; paced "direct-half-$round" "$DIRECT_URL" "$HALF"; LA_CPU="$JIFFIES"
+  paced LA_CPU "direct-half-$round" "$DIRECT_URL" "$HALF"
   LA_RUNS+="$RPS $P50 $P99"$'\n'
-  JIFFIES="$LB_CPU"; paced "nginx-half-$round" "$NGINX_URL" "$HALF"; LB_CPU="$JIFFIES"
+  paced LB_CPU "nginx-half-$round" "$NGINX_URL" "$HALF"
   LB_RUNS+="$RPS $P50 $P99"$'\n'
-  JIFFIES="$LC_CPU"; paced "twinward-half-$round" "$TW_URL" "$HALF" "${AUTH[@]}"; LC_CPU="$JIFFIES"
+  paced LC_CPU "twinward-half-$round" "$TW_URL" "$HALF" "${AUTH[@]}"
   LC_RUNS+="$RPS $P50 $P99"$'\n'
 done
 read -r LA_RPS LA_P50 LA_P99 <<<"$(printf '%s' "$LA_RUNS" | median_of 3)"
