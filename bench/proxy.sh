@@ -6,10 +6,11 @@
 #                                                policies, twin credential attached, audited)
 # The upstream is examples/bench_upstream.rs (hyper, 64-byte 200). Everything shares the
 # machine's cores, wrk included. Prints requests/s, p50 and p99 for each at full load, with
-# the CPU time nginx and twinward spent per request (all their threads, from /proc), the
-# ratios c/a and c/b, then p50/p99 of all three at the same paced rate, half of twinward's
-# maximum, with how busy the machine's cores were and how much time the hypervisor stole
-# meanwhile, and the p99 twinward adds there.
+# the CPU time nginx and twinward spent per request (all their threads, from /proc; for
+# twinward also the part its audit writer spent), the ratios c/a and c/b, then p50/p99 of
+# all three at the same paced rate, half of twinward's maximum, with how busy the machine's
+# cores were and how much time the hypervisor stole meanwhile, and the p99 twinward adds
+# there.
 #
 #   bash bench/proxy.sh                  # 3 rounds of 10 s per measurement
 #   DURATION=30 bash bench/proxy.sh      # longer
@@ -237,20 +238,25 @@ measure() {
   [ "${REQUESTS:-0}" -gt 0 ] || die "$name: no requests completed"
 }
 
-# cpu_ticks PID...: user + system clock ticks used so far by these processes, all threads.
+# cpu_ticks PID...: "all audit": user + system clock ticks used so far by these processes,
+# all threads, and by those of their threads that are twinward's audit writers.
 cpu_ticks() {
-  local total=0 stat
+  local total=0 audit=0 task ticks comm
   for pid in "$@"; do
-    for stat in /proc/"$pid"/task/*/stat; do
+    for task in /proc/"$pid"/task/*; do
       # Fields 14 and 15, counted after the command name (which holds no spaces here).
-      total=$((total + $(awk '{ print $14 + $15 }' "$stat" 2>/dev/null || echo 0)))
+      ticks="$(awk '{ print $14 + $15 }' "$task/stat" 2>/dev/null || echo 0)"
+      total=$((total + ticks))
+      read -r comm <"$task/comm" 2>/dev/null || comm=""
+      case "$comm" in twinward-audit*) audit=$((audit + ticks)) ;; esac
     done
   done
-  echo "$total"
+  echo "$total $audit"
 }
 CLK_TCK="$(getconf CLK_TCK)"
 # measure_cpu NAME URL PIDS [wrk args...]: measure at full load; also sets CPU (µs of the
-# proxy's own CPU time per request: PIDS are its processes).
+# proxy's own CPU time per request: PIDS are its processes) and AUDIT_CPU (the part of it
+# spent by twinward's audit writers).
 measure_cpu() {
   local name=$1 url=$2 pids=$3 before after
   shift 3
@@ -259,7 +265,8 @@ measure_cpu() {
   measure "$name" "$url" 0 "$@"
   # shellcheck disable=SC2086
   after="$(cpu_ticks $pids)"
-  CPU="$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$REQUESTS" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')"
+  read -r CPU AUDIT_CPU <<<"$(awk -v a="$before" -v b="$after" -v hz="$CLK_TCK" -v n="$REQUESTS" 'BEGIN {
+    split(a, x, " "); split(b, y, " "); printf "%.1f %.1f", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n }')"
 }
 
 warm() {
@@ -291,12 +298,12 @@ for round in $(seq 1 "$ROUNDS"); do
   B_RUNS+="$RPS $P50 $P99 $CPU"$'\n'
   b=$RPS
   measure_cpu "twinward-$round" "$TW_URL" "$TW_PID" "${AUTH[@]}"
-  C_RUNS+="$RPS $P50 $P99 $CPU"$'\n'
+  C_RUNS+="$RPS $P50 $P99 $CPU $AUDIT_CPU"$'\n'
   printf '   round %d: direct %.0f, nginx %.0f, twinward %.0f req/s (c/b %s)\n' "$round" "$a" "$b" "$RPS" "$(ratio "$RPS" "$b")"
 done
 read -r A_RPS A_P50 A_P99 <<<"$(printf '%s' "$A_RUNS" | median_of 1)"
 read -r B_RPS B_P50 B_P99 B_CPU <<<"$(printf '%s' "$B_RUNS" | median_of 1)"
-read -r C_RPS C_P50 C_P99 C_CPU <<<"$(printf '%s' "$C_RUNS" | median_of 1)"
+read -r C_RPS C_P50 C_P99 C_CPU C_AUDIT_CPU <<<"$(printf '%s' "$C_RUNS" | median_of 1)"
 
 # The paced tail is mostly time spent waiting for a core, so the machine's own state is
 # printed beside it: how busy all cores were (wrk, the upstream and the proxy together) and
@@ -349,6 +356,9 @@ printf '%-34s %12s %12s %12s %14s\n' "full load" "req/s" "p50" "p99" "proxy CPU/
 printf '%-34s %12.0f %12s %12s %14s\n' "(a) direct to upstream" "$A_RPS" "$(ms "$A_P50")" "$(ms "$A_P99")" "-"
 printf '%-34s %12.0f %12s %12s %11s µs\n' "(b) nginx reverse proxy" "$B_RPS" "$(ms "$B_P50")" "$(ms "$B_P99")" "$B_CPU"
 printf '%-34s %12.0f %12s %12s %11s µs\n' "(c) twinward (token+Cedar+JWT)" "$C_RPS" "$(ms "$C_P50")" "$(ms "$C_P99")" "$C_CPU"
+printf '%-34s %12s %12s %12s %11s µs\n' "    of which the audit writer" "" "" "" "$C_AUDIT_CPU"
+echo "(the audit writer hashes every decision into the chain and appends it to SQLite;"
+echo " nginx runs with its access log off, so it writes nothing per request)"
 echo
 printf 'c/a = %s   c/b = %s   (target c/b >= 0.9: %s)\n' "$(ratio "$C_RPS" "$A_RPS")" "$CB" "$(verdict "$CB" 0.9 ">=")"
 echo
