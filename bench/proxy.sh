@@ -247,7 +247,7 @@ cpu_ticks() {
       # Fields 14 and 15, counted after the command name (which holds no spaces here).
       ticks="$(awk '{ print $14 + $15 }' "$task/stat" 2>/dev/null || echo 0)"
       total=$((total + ticks))
-      read -r comm <"$task/comm" 2>/dev/null || comm=""
+      read -r comm 2>/dev/null <"$task/comm" || comm=""
       case "$comm" in twinward-audit*) audit=$((audit + ticks)) ;; esac
     done
   done
