@@ -254,19 +254,27 @@ cpu_ticks() {
   echo "$total $audit"
 }
 CLK_TCK="$(getconf CLK_TCK)"
+# fieldwise A OP B: the space-separated counters A and B combined field by field (OP + or -).
+fieldwise() {
+  awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN { n = split(a, x, " "); split(b, y, " ");
+    for (i = 1; i <= n; i++) printf "%s%.0f", (i > 1 ? " " : ""), (op == "+") ? x[i] + y[i] : x[i] - y[i]; print "" }'
+}
+# per_request TICKS: clock ticks as µs per request of the last measurement.
+per_request() { awk -v t="$1" -v hz="$CLK_TCK" -v n="$REQUESTS" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'; }
 # measure_cpu NAME URL PIDS [wrk args...]: measure at full load; also sets CPU (µs of the
 # proxy's own CPU time per request: PIDS are its processes) and AUDIT_CPU (the part of it
 # spent by twinward's audit writers).
 measure_cpu() {
-  local name=$1 url=$2 pids=$3 before after
+  local name=$1 url=$2 pids=$3 before after ticks audit_ticks
   shift 3
   # shellcheck disable=SC2086
   before="$(cpu_ticks $pids)"
   measure "$name" "$url" 0 "$@"
   # shellcheck disable=SC2086
   after="$(cpu_ticks $pids)"
-  read -r CPU AUDIT_CPU <<<"$(awk -v a="$before" -v b="$after" -v hz="$CLK_TCK" -v n="$REQUESTS" 'BEGIN {
-    split(a, x, " "); split(b, y, " "); printf "%.1f %.1f", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n }')"
+  read -r ticks audit_ticks <<<"$(fieldwise "$after" - "$before")"
+  CPU="$(per_request "$ticks")"
+  AUDIT_CPU="$(per_request "$audit_ticks")"
 }
 
 warm() {
@@ -313,10 +321,10 @@ read -r C_RPS C_P50 C_P99 C_CPU C_AUDIT_CPU <<<"$(printf '%s' "$C_RUNS" | median
 cpu_jiffies() {
   awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8; total = 0; for (i = 2; i <= 9; i++) total += $i; print busy, $9, total }' /proc/stat
 }
-# cpu_share BEFORE AFTER: "busy% stolen%" of the time between two cpu_jiffies samples.
+# cpu_share JIFFIES: "busy% stolen%" of a "busy stolen total" count of jiffies.
 cpu_share() {
-  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[3] - x[3]; if (t <= 0) t = 1;
-    printf "%.0f %.1f", 100 * (y[1] - x[1]) / t, 100 * (y[2] - x[2]) / t }'
+  awk -v j="$1" 'BEGIN { split(j, x, " "); t = x[3]; if (t <= 0) t = 1;
+    printf "%.0f %.1f", 100 * x[1] / t, 100 * x[2] / t }'
 }
 # paced ACC NAME URL RATE [wrk args...]: measure, adding the run's cpu_jiffies to the
 # variable named ACC.
@@ -327,8 +335,7 @@ paced() {
   before="$(cpu_jiffies)"
   measure "$@"
   after="$(cpu_jiffies)"
-  acc="$(awk -v acc="$acc" -v a="$before" -v b="$after" 'BEGIN { split(acc, s, " "); split(a, x, " "); split(b, y, " ");
-    printf "%d %d %d", s[1] + y[1] - x[1], s[2] + y[2] - x[2], s[3] + y[3] - x[3] }')"
+  acc="$(fieldwise "$acc" + "$(fieldwise "$after" - "$before")")"
 }
 
 HALF="$(awk -v r="$C_RPS" 'BEGIN { printf "%d", r / 2 }')"
@@ -362,7 +369,7 @@ echo " nginx runs with its access log off, so it writes nothing per request)"
 echo
 printf 'c/a = %s   c/b = %s   (target c/b >= 0.9: %s)\n' "$(ratio "$C_RPS" "$A_RPS")" "$CB" "$(verdict "$CB" 0.9 ">=")"
 echo
-share() { read -r busy stolen <<<"$(cpu_share "0 0 0" "$1")"; printf '%3s%% busy, %4s%% stolen' "$busy" "$stolen"; }
+share() { read -r busy stolen <<<"$(cpu_share "$1")"; printf '%3s%% busy, %4s%% stolen' "$busy" "$stolen"; }
 printf '%-34s %12s %12s %12s   %s\n' "paced at $HALF req/s" "req/s" "p50" "p99" "all $CORES cores"
 printf '%-34s %12.0f %12s %12s   %s\n' "(a) direct to upstream" "$LA_RPS" "$(ms "$LA_P50")" "$(ms "$LA_P99")" "$(share "$LA_CPU")"
 printf '%-34s %12.0f %12s %12s   %s\n' "(b) nginx reverse proxy" "$LB_RPS" "$(ms "$LB_P50")" "$(ms "$LB_P99")" "$(share "$LB_CPU")"
