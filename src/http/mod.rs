@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod browser;
 pub mod cookies;
+pub mod deadline;
 pub mod endpoints;
 pub mod error;
 pub mod fastpath;
@@ -236,6 +237,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let upstreams = Arc::new(upstream::Upstreams::new(gateway.routes.routes()));
+    let watchdog = tokio::spawn(upstreams.deadlines().clone().watch());
     let state = AppState { gateway, upstreams };
     let router = gateway_router(state.clone());
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -283,4 +285,5 @@ pub async fn serve(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => tracing::warn!("connections still open after 30s; closing"),
     }
+    watchdog.abort();
 }

@@ -10,6 +10,7 @@
 //! HTTP/2 upstreams (prior knowledge) multiplex over one connection and use hyper's pooled
 //! client.
 
+use super::deadline::Deadlines;
 use super::proxy::UploadBody;
 use crate::routing::Route;
 use bytes::Bytes;
@@ -52,6 +53,7 @@ pub enum UpstreamError {
 /// One worker's clients, indexed like the routes.
 pub struct Upstreams {
     routes: Vec<RouteClient>,
+    deadlines: Arc<Deadlines>,
 }
 
 enum RouteClient {
@@ -97,7 +99,15 @@ impl Upstreams {
                 }
             })
             .collect();
-        Upstreams { routes }
+        Upstreams {
+            routes,
+            deadlines: Arc::default(),
+        }
+    }
+
+    /// The worker's request deadlines; [`Deadlines::watch`] must run on the worker.
+    pub fn deadlines(&self) -> &Arc<Deadlines> {
+        &self.deadlines
     }
 
     /// Whether `route` talks HTTP/2 to its upstream (its requests then need an absolute URI).

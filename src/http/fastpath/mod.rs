@@ -23,6 +23,7 @@ mod write;
 
 pub use rewind::Rewind;
 
+use super::deadline::Deadlines;
 use super::upstream::{RawConn, RawPool, UpstreamError};
 use super::{error, proxy, AppState, RESERVED_PREFIX};
 use crate::access::Grant;
@@ -380,10 +381,11 @@ async fn forward(
     out.clear();
     let exchanged = exchange(
         plan.pool,
+        state.upstreams.deadlines(),
         upstream_head,
         head_request,
         close,
-        cfg.timeout,
+        started + cfg.timeout,
         gw.now(),
         out,
     )
@@ -434,12 +436,14 @@ async fn forward(
 /// head, writing the client's head into `out`. A pooled connection the twin closed before
 /// answering is replaced by a new one and the request sent again: the methods the fast
 /// path serves are idempotent.
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     pool: &RawPool,
+    deadlines: &Deadlines,
     upstream_head: &[u8],
     head_request: bool,
     close: bool,
-    timeout: Duration,
+    deadline: Instant,
     now: Timestamp,
     out: &mut Vec<u8>,
 ) -> Result<(RawConn, response::Head), Failure> {
@@ -448,11 +452,12 @@ async fn exchange(
             Some(c) => (c, true),
             None => (pool.connect().await?, false),
         };
-        let attempt = tokio::time::timeout(
-            timeout,
-            send_and_read_head(&mut conn, upstream_head, head_request, close, now, out),
-        )
-        .await;
+        let attempt = deadlines
+            .within(
+                deadline,
+                send_and_read_head(&mut conn, upstream_head, head_request, close, now, out),
+            )
+            .await;
         match attempt {
             Err(_) => return Err(Failure::Timeout),
             Ok(Ok(head)) => return Ok((conn, head)),
