@@ -29,6 +29,9 @@ fn file_path(url: &str) -> Option<std::path::PathBuf> {
     (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
 }
 
+/// The page size of a database file this store creates.
+pub const PAGE_SIZE: u32 = 16 * 1024;
+
 impl SqliteStore {
     pub async fn open(url: &str) -> Result<Self, StorageError> {
         if let Some(path) = url.strip_prefix("sqlite://") {
@@ -45,6 +48,10 @@ impl SqliteStore {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| StorageError::Unavailable(e.to_string()))?
             .create_if_missing(true)
+            // Takes effect only when the file is created. The audit table grows by a row per
+            // request: 16 KiB pages hold four times the rows of the default 4 KiB, so commits
+            // and checkpoints make a quarter of the write and read calls for the same events.
+            .page_size(PAGE_SIZE)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
@@ -783,5 +790,60 @@ mod tests {
             Some(5)
         );
         assert!(s.revoke_token("nope", 5).await.unwrap().is_none());
+    }
+
+    async fn page_size(url: &str) -> i64 {
+        let pool = SqlitePool::connect(url).await.unwrap();
+        let (n,): (i64,) = sqlx::query_as("PRAGMA page_size")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        n
+    }
+
+    #[tokio::test]
+    async fn a_new_database_gets_large_pages_and_an_existing_one_keeps_its_own() {
+        let d = tempfile::tempdir().unwrap();
+        let new = format!("sqlite://{}/new.db", d.path().display());
+        let s = SqliteStore::open(&new).await.unwrap();
+        s.append_audit(&[AuditEvent::new(
+            "access",
+            "allow",
+            Timestamp::from_unix_secs(1),
+        )])
+        .await
+        .unwrap();
+        assert_eq!(page_size(&new).await, i64::from(PAGE_SIZE));
+
+        // A file made with the default pages (before this setting) opens, migrates and
+        // appends as before; only a rebuild would change its pages.
+        let old = format!("sqlite://{}/old.db", d.path().display());
+        {
+            let pool = SqlitePool::connect_with(
+                SqliteConnectOptions::from_str(&old)
+                    .unwrap()
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+            sqlx::query("CREATE TABLE t (x)")
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        assert_eq!(page_size(&old).await, 4096);
+        let s = SqliteStore::open(&old).await.unwrap();
+        let mut appender = s.audit_appender().unwrap().unwrap();
+        appender
+            .append(&[AuditEvent::new(
+                "access",
+                "allow",
+                Timestamp::from_unix_secs(2),
+            )])
+            .unwrap();
+        assert_eq!(page_size(&old).await, 4096);
+        let stored = s.audit_events(0, 10).await.unwrap();
+        assert_eq!(stored.len(), 1);
+        crate::audit::verify_chain(&stored, 0, GENESIS).unwrap();
     }
 }
