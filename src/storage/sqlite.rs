@@ -649,13 +649,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/old.db", d.path().display());
         {
-            let pool = SqlitePool::connect_with(
-                SqliteConnectOptions::from_str(&url)
-                    .unwrap()
-                    .create_if_missing(true),
-            )
-            .await
-            .unwrap();
+            let pool = plain_pool(&url).await;
             let mut before = sqlx::migrate!("./migrations/sqlite");
             before.migrations = before
                 .migrations
@@ -792,6 +786,17 @@ mod tests {
         assert!(s.revoke_token("nope", 5).await.unwrap().is_none());
     }
 
+    /// A database file made without the store's settings, as an older release made it.
+    async fn plain_pool(url: &str) -> SqlitePool {
+        SqlitePool::connect_with(
+            SqliteConnectOptions::from_str(url)
+                .unwrap()
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap()
+    }
+
     async fn page_size(url: &str) -> i64 {
         let pool = SqlitePool::connect(url).await.unwrap();
         let (n,): (i64,) = sqlx::query_as("PRAGMA page_size")
@@ -819,13 +824,7 @@ mod tests {
         // appends as before; only a rebuild would change its pages.
         let old = format!("sqlite://{}/old.db", d.path().display());
         {
-            let pool = SqlitePool::connect_with(
-                SqliteConnectOptions::from_str(&old)
-                    .unwrap()
-                    .create_if_missing(true),
-            )
-            .await
-            .unwrap();
+            let pool = plain_pool(&old).await;
             sqlx::query("CREATE TABLE t (x)")
                 .execute(&pool)
                 .await
