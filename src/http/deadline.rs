@@ -2,10 +2,9 @@
 //! one tokio timer per request.
 //!
 //! Registering a tokio timer that expires before the runtime's next planned wake-up makes
-//! the runtime wake its own I/O driver: a `write` to an eventfd, and another pass through
-//! `epoll_wait` to read it back. A worker that has just gone idle has no timer planned, so
-//! under load about one request in five paid those two system calls for a timeout that
-//! almost never fires. Here a request only puts its deadline in a list; the worker's
+//! the runtime wake its own I/O driver: a `write` system call to its eventfd. A worker that
+//! has just gone idle has no timer planned, so under load about one request in five paid
+//! that call for a timeout that almost never fires. Here a request only puts its deadline in a list; the worker's
 //! watchdog looks at the list every [`TICK`] while requests are coming in, so a deadline
 //! fires at most one tick late, and the watchdog's own timer is re-armed once per tick, not
 //! per request.
