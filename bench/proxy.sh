@@ -4,13 +4,16 @@
 #   (b) wrk -> nginx -> upstream                (plain reverse proxy, keep-alive upstream)
 #   (c) wrk -> twinward -> upstream             (API token, Cedar decision over the shipped
 #                                                policies, twin credential attached, audited)
+#   (d) wrk -> haproxy (mode tcp) -> upstream   (a byte relay with no HTTP at all: the floor
+#                                                any proxy pays here for the extra hop;
+#                                                measured where haproxy is installed)
 # The upstream is examples/bench_upstream.rs (hyper, 64-byte 200). Everything shares the
 # machine's cores, wrk included. Prints requests/s, p50 and p99 for each at full load, with
 # the CPU time nginx and twinward spent per request (all their threads, from /proc; for
 # twinward also the part its audit writer spent), the ratios c/a and c/b, then p50/p99 of
 # all three at the same paced rate, half of twinward's maximum, with how busy the machine's
 # cores were and how much time the hypervisor stole meanwhile, and the p99 twinward adds
-# there.
+# there (and what nginx and the relay add).
 #
 #   bash bench/proxy.sh                  # 3 rounds of 10 s per measurement
 #   DURATION=30 bash bench/proxy.sh      # longer
@@ -19,8 +22,8 @@
 # turns; the median is reported, default 3), WARMUP (s, 3), CONNECTIONS (64),
 # THREADS (wrk threads, 2), WORKERS (nginx and twinward workers, default: cores),
 # UPSTREAM_WORKERS (1), TWINWARD_BIN (a twinward binary to measure instead of building
-# one; for A/B runs), KEEP=1 keeps the temp directory (configs, logs, wrk output).
-# Needs wrk, nginx and curl (apt-get install wrk nginx curl).
+# one; for A/B runs), RELAY=0 skips (d), KEEP=1 keeps the temp directory (configs, logs,
+# wrk output). Needs wrk, nginx and curl (apt-get install wrk nginx curl); (d) needs haproxy.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -115,6 +118,7 @@ UP_PORT="$(free_port)"
 NGINX_PORT="$(free_port)"
 TW_PORT="$(free_port)"
 TW_ADMIN_PORT="$(free_port)"
+RELAY_PORT="$(free_port)"
 
 # ---------------------------------------------------------------- upstream
 
@@ -163,6 +167,41 @@ PIDS+=($!)
 NGINX_PID=$!
 NGINX_URL="http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
 wait_status "$NGINX_URL" 200 || die "nginx did not answer 200 on $NGINX_URL: $(cat "$WORK/nginx/error.log")"
+
+# ---------------------------------------------------------------- TCP relay
+# haproxy in TCP mode copies bytes between each client connection and an upstream
+# connection of its own and parses nothing. What it adds at p99 is what the extra hop alone
+# costs on this machine (one more process waking on the shared cores, twice per request),
+# below which no HTTP proxy can go.
+MEASURE_RELAY=0
+if [ "${RELAY:-1}" != 0 ] && command -v haproxy >/dev/null 2>&1; then
+  MEASURE_RELAY=1
+  mkdir -p "$WORK/relay"
+  cat >"$WORK/relay/haproxy.cfg" <<HAPROXY
+global
+  nbthread $WORKERS
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend relay
+  bind 127.0.0.1:$RELAY_PORT
+  default_backend upstream
+backend upstream
+  server twin 127.0.0.1:$UP_PORT
+HAPROXY
+  haproxy -c -q -f "$WORK/relay/haproxy.cfg" >"$WORK/relay/check.log" 2>&1 \
+    || die "haproxy rejected its config: $(cat "$WORK/relay/check.log")"
+  haproxy -db -f "$WORK/relay/haproxy.cfg" >"$WORK/relay/haproxy.log" 2>&1 &
+  PIDS+=($!)
+  RELAY_PID=$!
+  RELAY_URL="http://127.0.0.1:$RELAY_PORT$PATH_UNDER_TEST"
+  wait_status "$RELAY_URL" 200 || die "haproxy did not relay a 200 on $RELAY_URL: $(cat "$WORK/relay/haproxy.log")"
+else
+  echo "== haproxy is not installed (or RELAY=0): no TCP relay (d) in this run"
+fi
 
 # ---------------------------------------------------------------- twinward
 
@@ -290,6 +329,7 @@ echo "== warming up"
 warm "$DIRECT_URL"
 warm "$NGINX_URL"
 warm "${AUTH[@]}" "$TW_URL"
+[ "$MEASURE_RELAY" = 0 ] || warm "$RELAY_URL"
 
 # The machine's speed drifts between runs (other tenants, CPU frequency, where the scheduler
 # puts wrk, the upstream and the proxy: on 2 cores the same target can settle at two
@@ -301,7 +341,7 @@ warm "${AUTH[@]}" "$TW_URL"
 median_of() { sort -n -k"$1" | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
 
 echo "== full load, $ROUNDS rounds"
-A_RUNS="" B_RUNS="" C_RUNS="" CA_ROUNDS="" CB_ROUNDS=""
+A_RUNS="" B_RUNS="" C_RUNS="" D_RUNS="" CA_ROUNDS="" CB_ROUNDS=""
 for round in $(seq 1 "$ROUNDS"); do
   measure "direct-$round" "$DIRECT_URL" 0
   A_RUNS+="$RPS $P50 $P99"$'\n'
@@ -313,11 +353,18 @@ for round in $(seq 1 "$ROUNDS"); do
   C_RUNS+="$RPS $P50 $P99 $CPU $AUDIT_CPU"$'\n'
   CA_ROUNDS+="$(ratio "$RPS" "$a")"$'\n'
   CB_ROUNDS+="$(ratio "$RPS" "$b")"$'\n'
-  printf '   round %d: direct %.0f, nginx %.0f, twinward %.0f req/s (c/b %s)\n' "$round" "$a" "$b" "$RPS" "$(ratio "$RPS" "$b")"
+  printf '   round %d: direct %.0f, nginx %.0f, twinward %.0f req/s (c/b %s)' "$round" "$a" "$b" "$RPS" "$(ratio "$RPS" "$b")"
+  if [ "$MEASURE_RELAY" = 1 ]; then
+    measure_cpu "relay-$round" "$RELAY_URL" "$RELAY_PID"
+    D_RUNS+="$RPS $P50 $P99 $CPU"$'\n'
+    printf ', relay %.0f req/s' "$RPS"
+  fi
+  echo
 done
 read -r A_RPS A_P50 A_P99 <<<"$(printf '%s' "$A_RUNS" | median_of 1)"
 read -r B_RPS B_P50 B_P99 B_CPU <<<"$(printf '%s' "$B_RUNS" | median_of 1)"
 read -r C_RPS C_P50 C_P99 C_CPU C_AUDIT_CPU <<<"$(printf '%s' "$C_RUNS" | median_of 1)"
+[ "$MEASURE_RELAY" = 0 ] || read -r D_RPS D_P50 D_P99 D_CPU <<<"$(printf '%s' "$D_RUNS" | median_of 1)"
 
 # The paced tail is mostly time spent waiting for a core, so the machine's own state is
 # printed beside it: how busy all cores were (wrk, the upstream and the proxy together) and
@@ -346,8 +393,8 @@ paced() {
 
 HALF="$(awk -v r="$C_RPS" 'BEGIN { printf "%d", r / 2 }')"
 echo "== paced at $HALF req/s (half of twinward's median maximum), same $CONNECTIONS connections, $ROUNDS rounds"
-LA_RUNS="" LB_RUNS="" LC_RUNS="" ADDED_ROUNDS="" NGINX_ADDED_ROUNDS=""
-LA_CPU="0 0 0" LB_CPU="0 0 0" LC_CPU="0 0 0"
+LA_RUNS="" LB_RUNS="" LC_RUNS="" LD_RUNS="" ADDED_ROUNDS="" NGINX_ADDED_ROUNDS="" RELAY_ADDED_ROUNDS=""
+LA_CPU="0 0 0" LB_CPU="0 0 0" LC_CPU="0 0 0" LD_CPU="0 0 0"
 for round in $(seq 1 "$ROUNDS"); do
   paced LA_CPU "direct-half-$round" "$DIRECT_URL" "$HALF"
   LA_RUNS+="$RPS $P50 $P99"$'\n'
@@ -360,10 +407,16 @@ for round in $(seq 1 "$ROUNDS"); do
   read -r _ _ b99 <<<"$(printf '%s' "$LB_RUNS" | tail -n 1)"
   ADDED_ROUNDS+="$((P99 - a99))"$'\n'
   NGINX_ADDED_ROUNDS+="$((b99 - a99))"$'\n'
+  if [ "$MEASURE_RELAY" = 1 ]; then
+    paced LD_CPU "relay-half-$round" "$RELAY_URL" "$HALF"
+    LD_RUNS+="$RPS $P50 $P99"$'\n'
+    RELAY_ADDED_ROUNDS+="$((P99 - a99))"$'\n'
+  fi
 done
 read -r LA_RPS LA_P50 LA_P99 <<<"$(printf '%s' "$LA_RUNS" | median_of 3)"
 read -r LB_RPS LB_P50 LB_P99 <<<"$(printf '%s' "$LB_RUNS" | median_of 3)"
 read -r LC_RPS LC_P50 LC_P99 <<<"$(printf '%s' "$LC_RUNS" | median_of 3)"
+[ "$MEASURE_RELAY" = 0 ] || read -r LD_RPS LD_P50 LD_P99 <<<"$(printf '%s' "$LD_RUNS" | median_of 3)"
 
 ADDED_P99="$(printf '%s' "$ADDED_ROUNDS" | median_of 1)"
 NGINX_ADDED_P99="$(printf '%s' "$NGINX_ADDED_ROUNDS" | median_of 1)"
@@ -377,6 +430,8 @@ printf '%-34s %12.0f %12s %12s %14s\n' "(a) direct to upstream" "$A_RPS" "$(ms "
 printf '%-34s %12.0f %12s %12s %11s µs\n' "(b) nginx reverse proxy" "$B_RPS" "$(ms "$B_P50")" "$(ms "$B_P99")" "$B_CPU"
 printf '%-34s %12.0f %12s %12s %11s µs\n' "(c) twinward (token+Cedar+JWT)" "$C_RPS" "$(ms "$C_P50")" "$(ms "$C_P99")" "$C_CPU"
 printf '%-34s %12s %12s %12s %11s µs\n' "    of which the audit writer" "" "" "" "$C_AUDIT_CPU"
+[ "$MEASURE_RELAY" = 0 ] \
+  || printf '%-34s %12.0f %12s %12s %11s µs\n' "(d) TCP relay (haproxy, mode tcp)" "$D_RPS" "$(ms "$D_P50")" "$(ms "$D_P99")" "$D_CPU"
 echo "(the audit writer hashes every decision into the chain and appends it to SQLite;"
 echo " nginx runs with its access log off, so it writes nothing per request)"
 echo
@@ -389,10 +444,14 @@ printf '%-34s %12s %12s %12s   %s\n' "paced at $HALF req/s" "req/s" "p50" "p99" 
 printf '%-34s %12.0f %12s %12s   %s\n' "(a) direct to upstream" "$LA_RPS" "$(ms "$LA_P50")" "$(ms "$LA_P99")" "$(share "$LA_CPU")"
 printf '%-34s %12.0f %12s %12s   %s\n' "(b) nginx reverse proxy" "$LB_RPS" "$(ms "$LB_P50")" "$(ms "$LB_P99")" "$(share "$LB_CPU")"
 printf '%-34s %12.0f %12s %12s   %s\n' "(c) twinward (token+Cedar+JWT)" "$LC_RPS" "$(ms "$LC_P50")" "$(ms "$LC_P99")" "$(share "$LC_CPU")"
+[ "$MEASURE_RELAY" = 0 ] \
+  || printf '%-34s %12.0f %12s %12s   %s\n' "(d) TCP relay (haproxy, mode tcp)" "$LD_RPS" "$(ms "$LD_P50")" "$(ms "$LD_P99")" "$(share "$LD_CPU")"
 echo
 printf 'added p99 at 50%% load (c - a) = %s   (target <= 1 ms: %s)\n' \
   "$(ms "$ADDED_P99")" "$(verdict "$ADDED_P99" 1000 "<=")"
 printf 'nginx adds %s at p99 at the same rate\n' "$(ms "$NGINX_ADDED_P99")"
+[ "$MEASURE_RELAY" = 0 ] || printf 'a TCP relay adds %s (the extra hop alone, parsing nothing)\n' \
+  "$(ms "$(printf '%s' "$RELAY_ADDED_ROUNDS" | median_of 1)")"
 printf '(medians over the rounds of each round'"'"'s own difference; the medians above give %s and %s)\n' \
   "$(ms "$((LC_P99 - LA_P99))")" "$(ms "$((LB_P99 - LA_P99))")"
 echo "(paced load: stock wrk sending on a fixed schedule of $HALF req/s, see bench/wrk-report.lua;"
