@@ -12,8 +12,9 @@
 # the CPU time nginx and twinward spent per request (all their threads, from /proc; for
 # twinward also the part its audit writer spent), the ratios c/a and c/b, then p50/p99 of
 # all three at the same paced rate, half of twinward's maximum, with how busy the machine's
-# cores were and how much time the hypervisor stole meanwhile, and the p99 twinward adds
-# there (and what nginx and the relay add).
+# cores were, how much time the hypervisor stole meanwhile and how long the proxy's and the
+# upstream's threads waited for a core per request, and the p99 twinward adds there (and
+# what nginx and the relay add).
 #
 #   bash bench/proxy.sh                  # 3 rounds of 10 s per measurement
 #   DURATION=30 bash bench/proxy.sh      # longer
@@ -124,6 +125,7 @@ RELAY_PORT="$(free_port)"
 
 "$UPSTREAM_BIN" "127.0.0.1:$UP_PORT" "$UPSTREAM_WORKERS" 2>"$WORK/upstream.log" &
 PIDS+=($!)
+UP_PID=$!
 DIRECT_URL="http://127.0.0.1:$UP_PORT$PATH_UNDER_TEST"
 wait_status "$DIRECT_URL" 200 || die "upstream did not answer 200 on $DIRECT_URL: $(cat "$WORK/upstream.log")"
 
@@ -379,28 +381,57 @@ cpu_share() {
   awk -v j="$1" 'BEGIN { split(j, x, " "); t = x[3]; if (t <= 0) t = 1;
     printf "%.0f %.1f", 100 * x[1] / t, 100 * x[2] / t }'
 }
-# paced ACC NAME URL RATE [wrk args...]: measure, adding the run's cpu_jiffies to the
-# variable named ACC.
+# And where the threads that serve requests waited: sched_wait PID... prints the
+# nanoseconds these processes' threads have spent runnable but without a core so far (the
+# second field of /proc/<pid>/task/<tid>/schedstat; 0 where the kernel does not keep it).
+# twinward's background audit writer is left out: it runs in the idle class, waiting is
+# what it is meant to do, and no request waits for it.
+sched_wait() {
+  local total=0 task w comm
+  for pid in "$@"; do
+    for task in /proc/"$pid"/task/*; do
+      w=0
+      read -r comm 2>/dev/null <"$task/comm" || comm=""
+      [ "$comm" = twinward-audit ] && continue
+      read -r _ w _ 2>/dev/null <"$task/schedstat" || w=0
+      total=$((total + w))
+    done
+  done
+  echo "$total"
+}
+# paced ACC WAITS "PIDS" NAME URL RATE [wrk args...]: measure, adding the run's
+# cpu_jiffies to the variable named ACC, and to the one named WAITS "proxy upstream
+# requests": the ns the proxy's processes (PIDS, none for direct) and the upstream waited
+# for a core, and the requests completed.
 paced() {
-  local -n acc=$1
-  local before after
-  shift
+  local -n acc=$1 waits=$2
+  local pids=$3 before after proxy_wait up_wait
+  shift 3
+  # shellcheck disable=SC2086
+  proxy_wait="$(sched_wait $pids)"
+  up_wait="$(sched_wait "$UP_PID")"
   before="$(cpu_jiffies)"
   measure "$@"
   after="$(cpu_jiffies)"
+  # shellcheck disable=SC2086
+  proxy_wait=$(($(sched_wait $pids) - proxy_wait))
+  up_wait=$(($(sched_wait "$UP_PID") - up_wait))
   acc="$(fieldwise "$acc" + "$(fieldwise "$after" - "$before")")"
+  waits="$(fieldwise "$waits" + "$proxy_wait $up_wait $REQUESTS")"
 }
 
 HALF="$(awk -v r="$C_RPS" 'BEGIN { printf "%d", r / 2 }')"
 echo "== paced at $HALF req/s (half of twinward's median maximum), same $CONNECTIONS connections, $ROUNDS rounds"
 LA_RUNS="" LB_RUNS="" LC_RUNS="" LD_RUNS="" ADDED_ROUNDS="" NGINX_ADDED_ROUNDS="" RELAY_ADDED_ROUNDS=""
 LA_CPU="0 0 0" LB_CPU="0 0 0" LC_CPU="0 0 0" LD_CPU="0 0 0"
+LA_WAIT="0 0 0" LB_WAIT="0 0 0" LC_WAIT="0 0 0" LD_WAIT="0 0 0"
+NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
 for round in $(seq 1 "$ROUNDS"); do
-  paced LA_CPU "direct-half-$round" "$DIRECT_URL" "$HALF"
+  paced LA_CPU LA_WAIT "" "direct-half-$round" "$DIRECT_URL" "$HALF"
   LA_RUNS+="$RPS $P50 $P99"$'\n'
-  paced LB_CPU "nginx-half-$round" "$NGINX_URL" "$HALF"
+  paced LB_CPU LB_WAIT "$NGINX_PIDS" "nginx-half-$round" "$NGINX_URL" "$HALF"
   LB_RUNS+="$RPS $P50 $P99"$'\n'
-  paced LC_CPU "twinward-half-$round" "$TW_URL" "$HALF" "${AUTH[@]}"
+  paced LC_CPU LC_WAIT "$TW_PID" "twinward-half-$round" "$TW_URL" "$HALF" "${AUTH[@]}"
   LC_RUNS+="$RPS $P50 $P99"$'\n'
   # This round's p99s, from the lines just added.
   read -r _ _ a99 <<<"$(printf '%s' "$LA_RUNS" | tail -n 1)"
@@ -408,7 +439,7 @@ for round in $(seq 1 "$ROUNDS"); do
   ADDED_ROUNDS+="$((P99 - a99))"$'\n'
   NGINX_ADDED_ROUNDS+="$((b99 - a99))"$'\n'
   if [ "$MEASURE_RELAY" = 1 ]; then
-    paced LD_CPU "relay-half-$round" "$RELAY_URL" "$HALF"
+    paced LD_CPU LD_WAIT "$RELAY_PID" "relay-half-$round" "$RELAY_URL" "$HALF"
     LD_RUNS+="$RPS $P50 $P99"$'\n'
     RELAY_ADDED_ROUNDS+="$((P99 - a99))"$'\n'
   fi
@@ -440,12 +471,17 @@ printf '(medians over the rounds of each round'"'"'s own ratios; the medians abo
   "$(ratio "$C_RPS" "$A_RPS")" "$(ratio "$C_RPS" "$B_RPS")"
 echo
 share() { read -r busy stolen <<<"$(cpu_share "$1")"; printf '%3s%% busy, %4s%% stolen' "$busy" "$stolen"; }
-printf '%-34s %12s %12s %12s   %s\n' "paced at $HALF req/s" "req/s" "p50" "p99" "all $CORES cores"
-printf '%-34s %12.0f %12s %12s   %s\n' "(a) direct to upstream" "$LA_RPS" "$(ms "$LA_P50")" "$(ms "$LA_P99")" "$(share "$LA_CPU")"
-printf '%-34s %12.0f %12s %12s   %s\n' "(b) nginx reverse proxy" "$LB_RPS" "$(ms "$LB_P50")" "$(ms "$LB_P99")" "$(share "$LB_CPU")"
-printf '%-34s %12.0f %12s %12s   %s\n' "(c) twinward (token+Cedar+JWT)" "$LC_RPS" "$(ms "$LC_P50")" "$(ms "$LC_P99")" "$(share "$LC_CPU")"
+# waited WAITS: "proxy upstream" µs per request spent waiting for a core ("-" for no proxy).
+waited() {
+  awk -v w="$1" 'BEGIN { split(w, x, " "); n = x[3]; if (n <= 0) n = 1;
+    printf "%8s %8.1f", (x[1] > 0) ? sprintf("%.1f", x[1] / n / 1000) : "-", x[2] / n / 1000 }'
+}
+printf '%-34s %12s %12s %12s   %-28s %s\n' "paced at $HALF req/s" "req/s" "p50" "p99" "all $CORES cores" "waited for a core, µs/req (proxy, upstream)"
+printf '%-34s %12.0f %12s %12s   %s   %s\n' "(a) direct to upstream" "$LA_RPS" "$(ms "$LA_P50")" "$(ms "$LA_P99")" "$(share "$LA_CPU")" "$(waited "$LA_WAIT")"
+printf '%-34s %12.0f %12s %12s   %s   %s\n' "(b) nginx reverse proxy" "$LB_RPS" "$(ms "$LB_P50")" "$(ms "$LB_P99")" "$(share "$LB_CPU")" "$(waited "$LB_WAIT")"
+printf '%-34s %12.0f %12s %12s   %s   %s\n' "(c) twinward (token+Cedar+JWT)" "$LC_RPS" "$(ms "$LC_P50")" "$(ms "$LC_P99")" "$(share "$LC_CPU")" "$(waited "$LC_WAIT")"
 [ "$MEASURE_RELAY" = 0 ] \
-  || printf '%-34s %12.0f %12s %12s   %s\n' "(d) TCP relay (haproxy, mode tcp)" "$LD_RPS" "$(ms "$LD_P50")" "$(ms "$LD_P99")" "$(share "$LD_CPU")"
+  || printf '%-34s %12.0f %12s %12s   %s   %s\n' "(d) TCP relay (haproxy, mode tcp)" "$LD_RPS" "$(ms "$LD_P50")" "$(ms "$LD_P99")" "$(share "$LD_CPU")" "$(waited "$LD_WAIT")"
 echo
 printf 'added p99 at 50%% load (c - a) = %s   (target <= 1 ms: %s)\n' \
   "$(ms "$ADDED_P99")" "$(verdict "$ADDED_P99" 1000 "<=")"
