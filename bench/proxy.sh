@@ -169,6 +169,8 @@ PIDS+=($!)
 NGINX_PID=$!
 NGINX_URL="http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
 wait_status "$NGINX_URL" 200 || die "nginx did not answer 200 on $NGINX_URL: $(cat "$WORK/nginx/error.log")"
+# The master and its workers (which exist once nginx answers), for CPU and waits.
+NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
 
 # ---------------------------------------------------------------- TCP relay
 # haproxy in TCP mode copies bytes between each client connection and an upstream
@@ -348,7 +350,7 @@ for round in $(seq 1 "$ROUNDS"); do
   measure "direct-$round" "$DIRECT_URL" 0
   A_RUNS+="$RPS $P50 $P99"$'\n'
   a=$RPS
-  measure_cpu "nginx-$round" "$NGINX_URL" "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+  measure_cpu "nginx-$round" "$NGINX_URL" "$NGINX_PIDS"
   B_RUNS+="$RPS $P50 $P99 $CPU"$'\n'
   b=$RPS
   measure_cpu "twinward-$round" "$TW_URL" "$TW_PID" "${AUTH[@]}"
@@ -425,7 +427,6 @@ echo "== paced at $HALF req/s (half of twinward's median maximum), same $CONNECT
 LA_RUNS="" LB_RUNS="" LC_RUNS="" LD_RUNS="" ADDED_ROUNDS="" NGINX_ADDED_ROUNDS="" RELAY_ADDED_ROUNDS=""
 LA_CPU="0 0 0" LB_CPU="0 0 0" LC_CPU="0 0 0" LD_CPU="0 0 0"
 LA_WAIT="0 0 0" LB_WAIT="0 0 0" LC_WAIT="0 0 0" LD_WAIT="0 0 0"
-NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
 for round in $(seq 1 "$ROUNDS"); do
   paced LA_CPU LA_WAIT "" "direct-half-$round" "$DIRECT_URL" "$HALF"
   LA_RUNS+="$RPS $P50 $P99"$'\n'
@@ -476,12 +477,15 @@ waited() {
   awk -v w="$1" 'BEGIN { split(w, x, " "); n = x[3]; if (n <= 0) n = 1;
     printf "%8s %8.1f", (x[1] > 0) ? sprintf("%.1f", x[1] / n / 1000) : "-", x[2] / n / 1000 }'
 }
+# paced_row LABEL RPS P50 P99 JIFFIES WAITS: one line of the paced table.
+paced_row() {
+  printf '%-34s %12.0f %12s %12s   %s   %s\n' "$1" "$2" "$(ms "$3")" "$(ms "$4")" "$(share "$5")" "$(waited "$6")"
+}
 printf '%-34s %12s %12s %12s   %-28s %s\n' "paced at $HALF req/s" "req/s" "p50" "p99" "all $CORES cores" "waited for a core, µs/req (proxy, upstream)"
-printf '%-34s %12.0f %12s %12s   %s   %s\n' "(a) direct to upstream" "$LA_RPS" "$(ms "$LA_P50")" "$(ms "$LA_P99")" "$(share "$LA_CPU")" "$(waited "$LA_WAIT")"
-printf '%-34s %12.0f %12s %12s   %s   %s\n' "(b) nginx reverse proxy" "$LB_RPS" "$(ms "$LB_P50")" "$(ms "$LB_P99")" "$(share "$LB_CPU")" "$(waited "$LB_WAIT")"
-printf '%-34s %12.0f %12s %12s   %s   %s\n' "(c) twinward (token+Cedar+JWT)" "$LC_RPS" "$(ms "$LC_P50")" "$(ms "$LC_P99")" "$(share "$LC_CPU")" "$(waited "$LC_WAIT")"
-[ "$MEASURE_RELAY" = 0 ] \
-  || printf '%-34s %12.0f %12s %12s   %s   %s\n' "(d) TCP relay (haproxy, mode tcp)" "$LD_RPS" "$(ms "$LD_P50")" "$(ms "$LD_P99")" "$(share "$LD_CPU")" "$(waited "$LD_WAIT")"
+paced_row "(a) direct to upstream" "$LA_RPS" "$LA_P50" "$LA_P99" "$LA_CPU" "$LA_WAIT"
+paced_row "(b) nginx reverse proxy" "$LB_RPS" "$LB_P50" "$LB_P99" "$LB_CPU" "$LB_WAIT"
+paced_row "(c) twinward (token+Cedar+JWT)" "$LC_RPS" "$LC_P50" "$LC_P99" "$LC_CPU" "$LC_WAIT"
+[ "$MEASURE_RELAY" = 0 ] || paced_row "(d) TCP relay (haproxy, mode tcp)" "$LD_RPS" "$LD_P50" "$LD_P99" "$LD_CPU" "$LD_WAIT"
 echo
 printf 'added p99 at 50%% load (c - a) = %s   (target <= 1 ms: %s)\n' \
   "$(ms "$ADDED_P99")" "$(verdict "$ADDED_P99" 1000 "<=")"
