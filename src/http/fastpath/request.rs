@@ -243,4 +243,157 @@ mod tests {
             );
         });
     }
+
+    use proptest::prelude::*;
+
+    fn header_lines() -> impl Strategy<Value = Vec<(&'static str, &'static str)>> {
+        let name = prop::sample::select(vec![
+            "Host",
+            "host",
+            "HOST",
+            "Authorization",
+            "authorization",
+            "Cookie",
+            "cookie",
+            "X-Twinward-Assertion",
+            "x-twinward-purpose",
+            "X-TWINWARD-SESSION",
+            "X-Forwarded-For",
+            "x-forwarded-proto",
+            "X-Forwarded-Host",
+            "X-Forwarded-Uri",
+            "X-Forwarded-Method",
+            "X-Original-URL",
+            "X-Original-Method",
+            "X-Real-IP",
+            "Forwarded",
+            "Connection",
+            "Content-Length",
+            "Transfer-Encoding",
+            "Upgrade",
+            "TE",
+            "Expect",
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "Accept",
+            "X-Custom",
+        ]);
+        let value = prop::sample::select(vec![
+            "a",
+            "twin.example",
+            "Bearer twt_secret",
+            "close",
+            "keep-alive",
+            "Keep-Alive, close",
+            "upgrade",
+            "keep-alive, x-custom",
+            "__Host-twinward=s; a=1",
+            "twinward-login=x",
+            "b=2;twinward=z",
+            "6.6.6.6",
+            "for=6.6.6.6",
+            "0",
+            "chunked",
+            "caf\u{e9}",
+            "x\ty",
+        ]);
+        proptest::collection::vec((name, value), 0..10)
+    }
+
+    fn target() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "/", "plant-7", "state", "%2F", "%2e", "..", ".", "?", "q=1", "&", "#", "\"", "\\",
+            "{", "\u{e9}", "~", ";",
+        ]);
+        proptest::collection::vec(piece, 0..8).prop_map(|p| format!("/{}", p.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Whatever a client sends, a request the fast path takes is a plain one, and the
+        /// twin gets its own headers back with none of the client's credentials, gateway
+        /// cookies, `X-Twinward-*` or forwarding headers, and the gateway's own exactly once.
+        #[test]
+        fn the_twin_gets_the_clients_headers_and_only_the_gateways_own(
+            method in prop::sample::select(vec!["GET", "HEAD", "DELETE", "OPTIONS", "POST", "get"]),
+            target in target(),
+            lines in header_lines(),
+            bearer in prop::option::of(Just("ey.bearer")),
+            upstream_host in prop::option::of(Just("127.0.0.1:9")),
+        ) {
+            let mut raw = format!("{method} {target} HTTP/1.1\r\n");
+            for (n, v) in &lines {
+                raw.push_str(&format!("{n}: {v}\r\n"));
+            }
+            raw.push_str("\r\n");
+            let mut parsed = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut parsed);
+            let Ok(httparse::Status::Complete(_)) = req.parse(raw.as_bytes()) else {
+                return Ok(());
+            };
+            let (m, t, v) = (req.method.unwrap(), req.path.unwrap(), req.version.unwrap());
+            let Some(p) = classify(m, t, v, req.headers) else {
+                return Ok(());
+            };
+            let is = |n: &str, name: &str| n.eq_ignore_ascii_case(name);
+            prop_assert!(["GET", "HEAD", "DELETE", "OPTIONS"].contains(&p.method));
+            prop_assert!(t.bytes().all(plain_target_byte));
+            prop_assert_eq!(lines.iter().filter(|(n, _)| is(n, "host")).count(), 1);
+            for (n, _) in &lines {
+                prop_assert!(!NOT_PLAIN.iter().any(|h| is(n, h)), "{} taken as plain", n);
+            }
+
+            let mut out = Vec::new();
+            write_upstream_head(&mut out, &p, p.path, &Additions {
+                upstream_host: upstream_host.map(str::as_bytes),
+                forwarded_for: "192.0.2.1",
+                forwarded_proto: "https",
+                assertion: b"ey.assertion",
+                bearer,
+            });
+            let mut sent = [httparse::EMPTY_HEADER; 64];
+            let mut up = httparse::Request::new(&mut sent);
+            prop_assert_eq!(up.parse(&out), Ok(httparse::Status::Complete(out.len())));
+            prop_assert_eq!(up.method, Some(p.method));
+            prop_assert_eq!(up.path, Some(t));
+            let got: Vec<(String, &str)> = up
+                .headers
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), std::str::from_utf8(h.value).unwrap()))
+                .collect();
+            let values = |name: &str| -> Vec<&str> {
+                got.iter().filter(|(n, _)| n == name).map(|(_, v)| *v).collect()
+            };
+            prop_assert_eq!(values("host"), vec![upstream_host.unwrap_or(p.host)]);
+            prop_assert_eq!(values("x-twinward-assertion"), vec!["ey.assertion"]);
+            prop_assert_eq!(got.iter().filter(|(n, _)| n.starts_with("x-twinward-")).count(), 1);
+            let authorization = bearer.map(|b| format!("Bearer {b}"));
+            prop_assert_eq!(values("authorization"), authorization.iter().map(String::as_str).collect::<Vec<_>>());
+            prop_assert_eq!(values("x-forwarded-for"), vec!["192.0.2.1"]);
+            prop_assert_eq!(values("x-forwarded-proto"), vec!["https"]);
+            prop_assert_eq!(values("x-forwarded-host"), vec![p.host]);
+            for h in INBOUND_FORWARDING.iter().skip(3) {
+                prop_assert!(values(h).is_empty(), "{} passed on", h);
+            }
+            prop_assert!(values("connection").is_empty());
+            let cookies = values("cookie");
+            prop_assert!(cookies.len() <= 1);
+            for pair in cookies.iter().flat_map(|c| c.split(';')) {
+                let name = pair.split('=').next().unwrap_or_default().trim();
+                prop_assert!(!crate::http::proxy::GATEWAY_COOKIES.contains(&name), "{} passed on", name);
+            }
+            // The client's other headers, all of them, in order.
+            let own = |n: &str| {
+                HANDLED.contains(&n) || INBOUND_FORWARDING.contains(&n) || n.starts_with("x-twinward-")
+            };
+            let theirs: Vec<(String, &str)> = lines
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), *v))
+                .filter(|(n, _)| !own(n))
+                .collect();
+            let passed: Vec<(String, &str)> = got.iter().filter(|(n, _)| !own(n)).cloned().collect();
+            prop_assert_eq!(passed, theirs);
+        }
+    }
 }
