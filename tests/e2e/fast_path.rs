@@ -338,6 +338,11 @@ fn framed_answers(path: &str) -> (Vec<u8>, bool) {
         "/plant-7/smuggle" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         "/plant-7/two-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
         "/plant-7/switch" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+        // A bare LF inside a chunk extension: a lenient reader takes "5;a\nb" as the size
+        // line and relays "hello" as a whole body.
+        "/plant-7/lf-in-extension" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n0\r\n\r\n",
+        // A size line without digits: a lenient reader takes it for the last chunk.
+        "/plant-7/no-digits" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n\r\n\r\n",
         _ => return ok_with_path(path),
     };
     (bytes.to_vec(), false)
@@ -413,6 +418,35 @@ async fn ambiguous_twin_responses_are_502_and_never_relayed() {
         assert!(problem["decision_id"]
             .as_str()
             .is_some_and(|d| !d.is_empty()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_body_outside_the_grammar_is_refused_and_its_twin_connection_dropped() {
+    let twin = RawTwin::start(framed_answers).await;
+    let (gw, token) = one_worker_gateway(twin.addr);
+    let ask = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n")
+    };
+    for path in ["/plant-7/lf-in-extension", "/plant-7/no-digits"] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(ask(path).as_bytes()).await.unwrap();
+        // The body came with the head and went wrong before anything reached the client:
+        // it gets a 502, not a body a lenient reader would have made of those bytes.
+        let got = read_response(&mut s, &mut Vec::new(), "GET").await;
+        assert_eq!(got.status, 502, "{path}: {got:?}");
+        assert_eq!(got.header("content-type"), Some("application/problem+json"));
+        // The twin's connection is not reused: the next request needs a new one.
+        let before = twin.connections.load(Ordering::SeqCst);
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(ask("/plant-7/after").as_bytes()).await.unwrap();
+        let next = read_response(&mut s, &mut Vec::new(), "GET").await;
+        assert_eq!(next.body, b"you asked for /plant-7/after");
+        assert_eq!(
+            twin.connections.load(Ordering::SeqCst),
+            before + 1,
+            "{path}"
+        );
     }
 }
 

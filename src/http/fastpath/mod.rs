@@ -16,6 +16,7 @@
 //! never the client's `Authorization`, the gateway cookies or any `X-Twinward-*` header,
 //! and only the gateway's forwarding headers.
 
+mod chunked;
 mod request;
 mod response;
 mod rewind;
@@ -32,10 +33,11 @@ use crate::routing::path::{self, NormalizedPath};
 use crate::routing::Route;
 use axum::body::Body;
 use bytes::{Buf, Bytes, BytesMut};
+use chunked::Dechunk;
 use http::Response;
 use http_body_util::BodyExt;
 use request::Plain;
-use response::{BadResponse, Dechunk, Framing, Parsed};
+use response::{BadResponse, Framing, Parsed};
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -337,6 +339,8 @@ enum Failure {
     Timeout,
 }
 
+const CANNOT_PASS_ON: &str = "the twin service sent a response the gateway cannot pass on";
+
 /// Forwards an allowed request and relays the answer; returns the status the client got
 /// and whether the client connection is still usable.
 #[allow(clippy::too_many_arguments)]
@@ -403,9 +407,7 @@ async fn forward(
                 tracing::warn!(route = %cfg.name, decision_id, error = %failure, "upstream unreachable");
                 let detail = match failure {
                     Failure::Response(BadResponse::Switched) => error::SWITCHED_UNASKED,
-                    Failure::Response(_) | Failure::HeadTooLong => {
-                        "the twin service sent a response the gateway cannot pass on"
-                    }
+                    Failure::Response(_) | Failure::HeadTooLong => CANNOT_PASS_ON,
                     _ => error::UNREACHABLE,
                 };
                 error::bad_gateway(detail, decision_id)
@@ -417,12 +419,24 @@ async fn forward(
             );
         }
     };
-    match relay_body(&mut conn, head.framing, stream, out).await {
+    let mut sent = false;
+    match relay_body(&mut conn, head.framing, stream, out, &mut sent).await {
         Ok(()) => {
             if head.keep_alive && conn.buf.is_empty() {
                 plan.pool.put_back(conn);
             }
             (head.status, true)
+        }
+        Err(Failure::Response(e)) if !sent => {
+            // The body went wrong in the bytes that came with the head, before anything
+            // reached the client: it gets a 502 instead.
+            tracing::warn!(route = %cfg.name, decision_id = %grant.decision_id, error = %e, "bad twin response");
+            out.clear();
+            let resp = error::bad_gateway(CANNOT_PASS_ON, &grant.decision_id);
+            (
+                502,
+                write_response(stream, out, resp, head_request, close, gw.now()).await,
+            )
         }
         Err(e) => {
             // The head is out: the only way left to tell the client is to close.
@@ -503,15 +517,21 @@ async fn send_and_read_head(
     }
 }
 
-/// Relays the response body after its head (already in `out`) to the client.
+/// Relays the response body after its head (already in `out`) to the client. `sent`
+/// becomes true once anything has been written to the client: until then a failure can
+/// still be answered with an error response.
 async fn relay_body(
     conn: &mut RawConn,
     framing: Framing,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
+    sent: &mut bool,
 ) -> Result<(), Failure> {
     match framing {
-        Framing::Empty => client.write_all(out).await?,
+        Framing::Empty => {
+            *sent = true;
+            client.write_all(out).await?
+        }
         Framing::Length(mut left) => {
             let take = usize::try_from(left)
                 .unwrap_or(usize::MAX)
@@ -519,6 +539,7 @@ async fn relay_body(
             out.extend_from_slice(&conn.buf[..take]);
             conn.buf.advance(take);
             left -= take as u64;
+            *sent = true;
             client.write_all(out).await?;
             while left > 0 {
                 conn.buf.clear();
@@ -540,6 +561,7 @@ async fn relay_body(
                 let used = chunks.feed(&conn.buf, out)?;
                 conn.buf.advance(used);
                 if !out.is_empty() {
+                    *sent = true;
                     client.write_all(out).await?;
                     out.clear();
                 }
@@ -559,6 +581,7 @@ async fn relay_body(
                     conn.buf.clear();
                 }
                 if !out.is_empty() {
+                    *sent = true;
                     client.write_all(out).await?;
                     out.clear();
                 }

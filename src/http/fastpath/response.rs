@@ -1,17 +1,13 @@
-//! A twin's response on the fast path: its head read in place and rewritten for the client
-//! (hop-by-hop headers and gateway cookies removed, framing the gateway's own), its body
-//! relayed by length, by chunks (decoded and re-chunked, so neither chunk extensions nor
-//! trailers reach the client), or until the twin closes.
+//! A twin's response head on the fast path, read in place and rewritten for the client:
+//! hop-by-hop headers and gateway cookies removed, the framing the gateway's own. Its body
+//! is relayed by length, by chunks (`chunked.rs`) or until the twin closes.
 
 use super::super::proxy::{is_gateway_set_cookie, HOP_BY_HOP};
-use super::write::{push, push_chunk, push_date, push_decimal, push_header, LAST_CHUNK};
+use super::write::{push, push_date, push_decimal, push_header};
 use crate::clock::Timestamp;
 
 /// Headers of a twin's response: more make the response a bad one.
 const MAX_HEADERS: usize = 100;
-/// A chunk-size line or trailer section longer than this is a bad response.
-const MAX_CHUNK_LINE: usize = 4096;
-const MAX_TRAILERS: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -182,97 +178,6 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Decodes a chunked body as it arrives and writes it re-chunked.
-#[derive(Debug, Default)]
-pub struct Dechunk {
-    state: State,
-    trailer_bytes: usize,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum State {
-    #[default]
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
-    Done,
-}
-
-impl Dechunk {
-    /// Consumes what it can of `input`, writing the data re-chunked (and the last chunk,
-    /// at the end) into `out`; returns how many bytes it consumed. Bytes of an unfinished
-    /// size line or trailer stay unconsumed until more arrive.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, BadResponse> {
-        let mut at = 0;
-        loop {
-            let rest = &input[at..];
-            match self.state {
-                State::Done => return Ok(at),
-                State::Size => match httparse::parse_chunk_size(rest) {
-                    Ok(httparse::Status::Complete((n, 0))) => {
-                        at += n;
-                        self.state = State::Trailers;
-                    }
-                    Ok(httparse::Status::Complete((n, size))) => {
-                        at += n;
-                        self.state = State::Data(size);
-                    }
-                    Ok(httparse::Status::Partial) if rest.len() < MAX_CHUNK_LINE => return Ok(at),
-                    _ => return Err(BadResponse::Chunk),
-                },
-                State::Data(left) => {
-                    if rest.is_empty() {
-                        return Ok(at);
-                    }
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(rest.len());
-                    push_chunk(out, &rest[..take]);
-                    at += take;
-                    let left = left - take as u64;
-                    self.state = if left == 0 {
-                        State::DataEnd
-                    } else {
-                        State::Data(left)
-                    };
-                }
-                State::DataEnd => {
-                    if rest.len() < 2 {
-                        return Ok(at);
-                    }
-                    if &rest[..2] != b"\r\n" {
-                        return Err(BadResponse::Chunk);
-                    }
-                    at += 2;
-                    self.state = State::Size;
-                }
-                State::Trailers => {
-                    // Trailer lines are dropped, up to the empty line that ends the body.
-                    let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-                        if self.trailer_bytes + rest.len() > MAX_TRAILERS {
-                            return Err(BadResponse::Chunk);
-                        }
-                        return Ok(at);
-                    };
-                    let line = &rest[..nl];
-                    at += nl + 1;
-                    self.trailer_bytes += nl + 1;
-                    if self.trailer_bytes > MAX_TRAILERS {
-                        return Err(BadResponse::Chunk);
-                    }
-                    if line.is_empty() || line == b"\r" {
-                        push(out, LAST_CHUNK);
-                        self.state = State::Done;
-                    }
-                }
-            }
-        }
-    }
-
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,62 +286,5 @@ mod tests {
             Ok(Parsed::Partial)
         ));
         assert!(out.is_empty());
-    }
-
-    #[test]
-    fn chunked_bodies_are_rechunked_in_any_split() {
-        let body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer-A: 1\r\n\r\nNEXT";
-        for split in 0..body.len() {
-            let mut d = Dechunk::default();
-            let mut out = Vec::new();
-            let mut pending = body[..split].to_vec();
-            let used = d.feed(&pending, &mut out).unwrap();
-            pending.drain(..used);
-            pending.extend_from_slice(&body[split..]);
-            let used = d.feed(&pending, &mut out).unwrap();
-            assert!(d.is_done(), "split {split}");
-            assert_eq!(&pending[used..], b"NEXT");
-            let text = String::from_utf8(out.clone()).unwrap();
-            assert!(!text.contains("ext") && !text.contains("Trailer"), "{text}");
-            assert!(text.ends_with("0\r\n\r\n"));
-            let plain = String::from_utf8(unchunk(&out)).unwrap();
-            assert_eq!(plain, "hello world");
-        }
-    }
-
-    /// The data of a well-formed chunked body.
-    fn unchunk(mut body: &[u8]) -> Vec<u8> {
-        let mut data = Vec::new();
-        loop {
-            let Ok(httparse::Status::Complete((n, size))) = httparse::parse_chunk_size(body) else {
-                panic!("bad chunk size line");
-            };
-            body = &body[n..];
-            if size == 0 {
-                assert_eq!(body, b"\r\n");
-                return data;
-            }
-            let size = size as usize;
-            data.extend_from_slice(&body[..size]);
-            assert_eq!(&body[size..size + 2], b"\r\n");
-            body = &body[size + 2..];
-        }
-    }
-
-    #[test]
-    fn malformed_chunks_are_refused() {
-        for body in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"ffffffffffffffffff\r\n"] {
-            let mut d = Dechunk::default();
-            assert_eq!(
-                d.feed(body, &mut Vec::new()).unwrap_err(),
-                BadResponse::Chunk,
-                "{:?}",
-                body
-            );
-        }
-        let mut d = Dechunk::default();
-        let mut long = b"1;".to_vec();
-        long.resize(MAX_CHUNK_LINE + 1, b'x');
-        assert!(d.feed(&long, &mut Vec::new()).is_err());
     }
 }
