@@ -335,6 +335,8 @@ fn framed_answers(path: &str) -> (Vec<u8>, bool) {
         }
         "/plant-7/interim" => b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         "/plant-7/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+        // A twin that names its framing header as hop-by-hop.
+        "/plant-7/names-its-length" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: content-length\r\n\r\nok",
         "/plant-7/smuggle" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         "/plant-7/two-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
         "/plant-7/switch" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
@@ -389,6 +391,15 @@ async fn twin_bodies_of_every_framing_reach_the_client_and_the_connection_goes_o
     assert_eq!(
         (got.status, got.header("content-length")),
         (200, Some("10"))
+    );
+
+    // The client's framing is the gateway's own, whatever the twin's Connection names.
+    let req = ask("GET", "/plant-7/names-its-length");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let got = read_response(&mut s, &mut buf, "GET").await;
+    assert_eq!(
+        (got.header("content-length"), got.body.as_slice()),
+        (Some("2"), &b"ok"[..])
     );
 
     let req = ask("GET", "/plant-7/after");

@@ -79,7 +79,6 @@ pub fn translate_head(
     let mut n_named = 0;
     let mut length: Option<u64> = None;
     let mut chunked = false;
-    let mut has_date = false;
     for h in headers {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
@@ -109,8 +108,6 @@ pub fn translate_head(
                 return Err(BadResponse::Framing);
             }
             length = Some(n);
-        } else if name.eq_ignore_ascii_case("date") {
-            has_date = true;
         }
     }
     let framing = if head_request || status == 204 || status == 304 {
@@ -134,23 +131,42 @@ pub fn translate_head(
     }
     push(out, b"\r\n");
     let named = &named[..n_named];
+    // The framing the client gets is the gateway's own, written once below, whatever the
+    // twin's lines and its `Connection` header say: a twin naming `content-length` there
+    // would otherwise leave the client reading to a close that never comes. Only a
+    // bodiless response keeps the twin's length (of what a GET would have returned).
+    let mut length_kept = false;
+    let mut has_date = false;
     for h in headers {
         let name = h.name;
         if is_hop_by_hop(name)
             || named.iter().any(|n| n.eq_ignore_ascii_case(name))
-            || (name.eq_ignore_ascii_case("content-length")
-                && matches!(framing, Framing::Chunked | Framing::UntilClose))
             || (name.eq_ignore_ascii_case("set-cookie") && is_gateway_set_cookie(h.value))
         {
             continue;
         }
+        if name.eq_ignore_ascii_case("content-length") {
+            if framing != Framing::Empty || length_kept {
+                continue;
+            }
+            length_kept = true;
+        }
+        has_date |= name.eq_ignore_ascii_case("date");
         push_header(out, name.as_bytes(), h.value);
     }
     if !has_date {
         push_date(out, now);
     }
-    if matches!(framing, Framing::Chunked | Framing::UntilClose) {
-        push_header(out, b"transfer-encoding", b"chunked");
+    match framing {
+        Framing::Chunked | Framing::UntilClose => {
+            push_header(out, b"transfer-encoding", b"chunked")
+        }
+        Framing::Length(n) => {
+            push(out, b"content-length: ");
+            push_decimal(out, n);
+            push(out, b"\r\n");
+        }
+        Framing::Empty => {}
     }
     if close {
         push_header(out, b"connection", b"close");
@@ -217,7 +233,7 @@ mod tests {
         );
         assert_eq!(
             text,
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nSet-Cookie: theme=dark\r\nDate: Thu, 26 Nov 2026 07:00:00 GMT\r\nX-Keep: 1\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nSet-Cookie: theme=dark\r\nDate: Thu, 26 Nov 2026 07:00:00 GMT\r\nX-Keep: 1\r\ncontent-length: 5\r\n\r\n"
         );
         let (h, text) = head(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
@@ -286,5 +302,159 @@ mod tests {
             Ok(Parsed::Partial)
         ));
         assert!(out.is_empty());
+    }
+
+    use proptest::prelude::*;
+
+    fn twin_lines() -> impl Strategy<Value = Vec<&'static str>> {
+        let line = prop::sample::select(vec![
+            "Content-Length: 5",
+            "content-length: 5",
+            "Content-Length: 7",
+            "Content-Length:  5 ",
+            "Content-Length: 5, 5",
+            "Transfer-Encoding: chunked",
+            "transfer-encoding: Chunked",
+            "Transfer-Encoding: gzip, chunked",
+            "Connection: close",
+            "Connection: keep-alive",
+            "Connection: x-hop",
+            "Connection: content-length",
+            "Connection: date, set-cookie",
+            "Connection: Transfer-Encoding",
+            "X-Hop: 1",
+            "Keep-Alive: timeout=5",
+            "Upgrade: h2c",
+            "Trailer: X-T",
+            "TE: trailers",
+            "Proxy-Authenticate: Basic",
+            "Proxy-Connection: x",
+            "Set-Cookie: __Host-twinward=planted",
+            "Set-Cookie: twinward-login=x; Path=/",
+            "Set-Cookie: theme=dark",
+            "Date: Thu, 26 Nov 2026 07:00:00 GMT",
+            "Server: twin",
+            "X-Twin: a",
+            "Cache-Control: no-store",
+        ]);
+        proptest::collection::vec(line, 0..8)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Whatever head a twin sends, the client's head is well formed, carries one
+        /// framing of the gateway's own that matches the body the gateway relays, one
+        /// date, and the twin's end-to-end headers in order: no hop-by-hop header, none the
+        /// twin's `Connection` names, no cookie in the gateway's name.
+        #[test]
+        fn the_client_gets_one_framing_of_the_gateways_own_and_the_twins_other_headers(
+            status in prop::sample::select(vec![200u16, 201, 204, 304, 404, 502]),
+            version in prop::sample::select(vec!["1.1", "1.0"]),
+            lines in twin_lines(),
+            head_request in any::<bool>(),
+            close in any::<bool>(),
+        ) {
+            let mut raw = format!("HTTP/{version} {status} X\r\n");
+            for l in &lines {
+                raw.push_str(l);
+                raw.push_str("\r\n");
+            }
+            raw.push_str("\r\n");
+            let mut out = Vec::new();
+            let parsed = translate_head(raw.as_bytes(), head_request, close, Timestamp::from_unix_secs(0), &mut out);
+            let lower: Vec<(String, String)> = lines
+                .iter()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.trim().to_ascii_lowercase()))
+                .collect();
+            let sent = |name: &str| lower.iter().filter(|(n, _)| n == name).count();
+            let bodiless = head_request || status == 204 || status == 304;
+            let head = match parsed {
+                Ok(Parsed::Final(n, head)) => {
+                    prop_assert_eq!(n, raw.len());
+                    head
+                }
+                Ok(_) => return Err(TestCaseError::fail("a whole final head read as partial or interim")),
+                Err(BadResponse::Framing) => {
+                    let lengths: std::collections::BTreeSet<&str> =
+                        lower.iter().filter(|(n, _)| n == "content-length").map(|(_, v)| v.as_str()).collect();
+                    let odd_te = lower.iter().any(|(n, v)| n == "transfer-encoding" && v != "chunked");
+                    prop_assert!(
+                        lengths.len() > 1 || lengths.contains("5, 5") || odd_te || sent("transfer-encoding") > 1
+                            || (!bodiless && sent("transfer-encoding") == 1 && !lengths.is_empty()),
+                        "refused a clear framing: {}", raw
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(TestCaseError::fail(format!("{e}: {raw}"))),
+            };
+            let mut parsed_lines = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut parsed_lines);
+            prop_assert_eq!(resp.parse(&out), Ok(httparse::Status::Complete(out.len())));
+            prop_assert_eq!(resp.code, Some(status));
+            let got: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                .collect();
+            let values = |name: &str| -> Vec<&str> {
+                got.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+            };
+            let length = lower.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<u64>().ok());
+            let chunked = sent("transfer-encoding") == 1;
+            let expected = if bodiless {
+                Framing::Empty
+            } else if chunked {
+                Framing::Chunked
+            } else if let Some(n) = length {
+                Framing::Length(n)
+            } else {
+                Framing::UntilClose
+            };
+            prop_assert_eq!(head.framing, expected);
+            match head.framing {
+                Framing::Chunked | Framing::UntilClose => {
+                    prop_assert_eq!(values("transfer-encoding"), vec!["chunked"]);
+                    prop_assert!(values("content-length").is_empty());
+                }
+                Framing::Length(n) => {
+                    let n = n.to_string();
+                    prop_assert_eq!(values("content-length"), vec![n.as_str()]);
+                    prop_assert!(values("transfer-encoding").is_empty());
+                }
+                Framing::Empty => {
+                    prop_assert!(values("transfer-encoding").is_empty());
+                    prop_assert!(values("content-length").len() <= 1);
+                }
+            }
+            prop_assert_eq!(values("connection"), if close { vec!["close"] } else { vec![] });
+            let twin_closes = version == "1.0" || lower.iter().any(|(n, v)| n == "connection" && v == "close");
+            prop_assert_eq!(head.keep_alive, !twin_closes && head.framing != Framing::UntilClose);
+            // The twin's own end-to-end lines, in order.
+            let named: Vec<&str> = lower
+                .iter()
+                .filter(|(n, _)| n == "connection")
+                .flat_map(|(_, v)| v.split(',').map(str::trim))
+                .collect();
+            // A date: the twin's, else the gateway's.
+            let twin_dates = lower.iter().filter(|(n, _)| n == "date" && !named.contains(&"date")).count();
+            prop_assert_eq!(values("date").len(), twin_dates.max(1));
+            let framing_or_date = |n: &str| ["content-length", "transfer-encoding", "connection", "date"].contains(&n);
+            let passed: Vec<&(String, String)> = got.iter().filter(|(n, _)| !framing_or_date(n)).collect();
+            let expected: Vec<(String, String)> = lines
+                .iter()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.trim().to_owned()))
+                .filter(|(n, v)| {
+                    let dropped = framing_or_date(n)
+                        || HOP_BY_HOP.contains(&n.as_str())
+                        || named.contains(&n.as_str())
+                        || (n == "set-cookie" && is_gateway_set_cookie(v.as_bytes()));
+                    !dropped
+                })
+                .collect();
+            prop_assert_eq!(passed.into_iter().cloned().collect::<Vec<_>>(), expected);
+        }
     }
 }
