@@ -150,29 +150,29 @@ fn size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, BadResponse> {
         None => None,
         Some(b';') => {
             let ext = &rest[blank..];
-            ext.iter()
-                .position(|&b| !extension_byte(b))
-                .map(|i| blank + i)
+            ext.iter().position(|&b| !text_byte(b)).map(|i| blank + i)
         }
         Some(_) if blank == 0 => Some(0),
         Some(_) => return Err(BadResponse::Chunk),
     };
     let Some(end) = line_end else {
-        return too_long_or_partial(buf.len());
+        return unfinished(buf.len(), None);
     };
     let len = digits + end;
     match &rest[end..] {
-        [b'\r'] => too_long_or_partial(len + 1),
+        [b'\r'] => unfinished(len + 1, None),
         [b'\r', b'\n', ..] if len + 2 <= MAX_LINE => Ok(Some((len + 2, size))),
         _ => Err(BadResponse::Chunk),
     }
 }
 
-fn too_long_or_partial<T>(seen: usize) -> Result<Option<T>, BadResponse> {
+/// A line not finished after `seen` bytes: `partial` while it may still end in time, else
+/// refused.
+fn unfinished<T>(seen: usize, partial: T) -> Result<T, BadResponse> {
     if seen >= MAX_LINE {
         Err(BadResponse::Chunk)
     } else {
-        Ok(None)
+        Ok(partial)
     }
 }
 
@@ -184,9 +184,9 @@ fn hex_value(d: u8) -> u8 {
     }
 }
 
-/// Bytes an extension may hold: visible ASCII, space, HTAB and obs-text (inside a
-/// quoted-string). No CR, LF or other control character.
-fn extension_byte(b: u8) -> bool {
+/// Bytes a chunk extension or a trailer value may hold: visible ASCII, space, HTAB and
+/// obs-text. No CR, LF or other control character.
+fn text_byte(b: u8) -> bool {
     b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
 }
 
@@ -196,7 +196,7 @@ fn extension_byte(b: u8) -> bool {
 fn trailer_line(buf: &[u8]) -> Result<Line, BadResponse> {
     let name = buf.iter().take_while(|&&b| token_byte(b)).count();
     if name == buf.len() {
-        return partial_line(buf.len());
+        return unfinished(buf.len(), Line::Partial);
     }
     let value_start = match buf[name] {
         b':' if name > 0 => name + 1,
@@ -210,32 +210,20 @@ fn trailer_line(buf: &[u8]) -> Result<Line, BadResponse> {
         _ => return Err(BadResponse::Chunk),
     };
     let value = &buf[value_start..];
-    let Some(end) = value.iter().position(|&b| !field_value_byte(b)) else {
-        return partial_line(buf.len());
+    let Some(end) = value.iter().position(|&b| !text_byte(b)) else {
+        return unfinished(buf.len(), Line::Partial);
     };
     let len = value_start + end;
     match &value[end..] {
-        [b'\r'] => partial_line(len + 1),
+        [b'\r'] => unfinished(len + 1, Line::Partial),
         [b'\r', b'\n', ..] if len + 2 <= MAX_LINE => Ok(Line::Complete(len + 2)),
         _ => Err(BadResponse::Chunk),
-    }
-}
-
-fn partial_line(seen: usize) -> Result<Line, BadResponse> {
-    if seen >= MAX_LINE {
-        Err(BadResponse::Chunk)
-    } else {
-        Ok(Line::Partial)
     }
 }
 
 /// `tchar` (RFC 9110 §5.6.2).
 fn token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn field_value_byte(b: u8) -> bool {
-    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
 }
 
 #[cfg(test)]
