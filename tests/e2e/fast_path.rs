@@ -433,6 +433,31 @@ async fn ambiguous_twin_responses_are_502_and_never_relayed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn hyper_too_frames_a_response_whose_twin_names_its_length_as_hop_by_hop() {
+    let twin = RawTwin::start(framed_answers).await;
+    let (gw, token) = one_worker_gateway(twin.addr);
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    // A body sends the request, and the rest of the connection, to hyper.
+    let req = format!(
+        "POST /plant-7/names-its-length HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nContent-Length: 3\r\n\r\nabc"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let got = read_response(&mut s, &mut buf, "POST").await;
+    assert_eq!((got.status, got.body.as_slice()), (200, &b"ok"[..]));
+    let req =
+        format!("GET /plant-7/after HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let got = read_response(&mut s, &mut buf, "GET").await;
+    assert_eq!(got.body, b"you asked for /plant-7/after");
+    assert!(
+        twin.heads()[0].contains("content-length: 3"),
+        "{:?}",
+        twin.heads()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_chunked_body_outside_the_grammar_is_refused_and_its_twin_connection_dropped() {
     let twin = RawTwin::start(framed_answers).await;
     let (gw, token) = one_worker_gateway(twin.addr);
