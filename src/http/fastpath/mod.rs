@@ -633,9 +633,7 @@ async fn write_response(
     if !parts.headers.contains_key(http::header::DATE) {
         write::push_date(out, now);
     }
-    write::push(out, b"content-length: ");
-    write::push_decimal(out, body.len() as u64);
-    write::push(out, b"\r\n");
+    write::push_content_length(out, body.len() as u64);
     if close {
         write::push_header(out, b"connection", b"close");
     }

@@ -3,7 +3,7 @@
 //! is relayed by length, by chunks (`chunked.rs`) or until the twin closes.
 
 use super::super::proxy::{is_gateway_set_cookie, HOP_BY_HOP};
-use super::write::{push, push_date, push_decimal, push_header};
+use super::write::{push, push_content_length, push_date, push_decimal, push_header};
 use crate::clock::Timestamp;
 
 /// Headers of a twin's response: more make the response a bad one.
@@ -161,11 +161,7 @@ pub fn translate_head(
         Framing::Chunked | Framing::UntilClose => {
             push_header(out, b"transfer-encoding", b"chunked")
         }
-        Framing::Length(n) => {
-            push(out, b"content-length: ");
-            push_decimal(out, n);
-            push(out, b"\r\n");
-        }
+        Framing::Length(n) => push_content_length(out, n),
         Framing::Empty => {}
     }
     if close {
