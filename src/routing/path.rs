@@ -84,6 +84,10 @@ pub enum PathError {
     /// A `..` that would climb above `/`. Refused rather than clamped: a client sending it is
     /// probing, and clamping would hide that from the audit log.
     EscapesRoot,
+    /// A `..` whose segment to remove is an empty one (`/a//../b`, `/a/.//../b`): RFC 3986
+    /// and WHATWG parsers remove the empty segment (`/a/b`), slash-merging servers such as
+    /// nginx remove `a` (`/b`).
+    DotDotAfterEmptySegment,
 }
 
 impl fmt::Display for PathError {
@@ -117,6 +121,9 @@ impl fmt::Display for PathError {
                 f.write_str("path contains a percent-encoded '.' or '..' segment")
             }
             PathError::EscapesRoot => f.write_str("path climbs above the root with '..'"),
+            PathError::DotDotAfterEmptySegment => {
+                f.write_str("path has '..' after an empty segment ('//..')")
+            }
         }
     }
 }
@@ -376,6 +383,9 @@ fn check_double_encoding(decoded: &[u8]) -> Result<(), PathError> {
 fn resolve(segments: Vec<Segment>) -> Result<String, PathError> {
     let count = segments.len();
     let mut stack: Vec<String> = Vec::with_capacity(count);
+    // The same walk as RFC 3986 §5.2.4 does it, keeping empty segments (true): a `..` that
+    // removes one there removes a different segment here.
+    let mut kept_empty: Vec<bool> = Vec::with_capacity(count);
     let mut trailing_slash = false;
     for (index, segment) in segments.into_iter().enumerate() {
         let is_dot = segment.text == "." || segment.text == "..";
@@ -389,13 +399,20 @@ fn resolve(segments: Vec<Segment>) -> Result<String, PathError> {
         }
         match segment.text.as_str() {
             // Empty: a duplicate slash (collapsed) or, when last, the trailing slash above.
-            "" | "." => {}
+            "." => {}
+            "" => kept_empty.push(true),
             ".." => {
                 if stack.pop().is_none() {
                     return Err(PathError::EscapesRoot);
                 }
+                if kept_empty.pop() == Some(true) {
+                    return Err(PathError::DotDotAfterEmptySegment);
+                }
             }
-            _ => stack.push(segment.text),
+            _ => {
+                stack.push(segment.text);
+                kept_empty.push(false);
+            }
         }
     }
     let mut out = String::with_capacity(stack.iter().map(|s| s.len() + 1).sum::<usize>() + 1);
@@ -487,7 +504,12 @@ mod tests {
             ok("//a///b", "/a/b"),
             ok("/a//", "/a/"),
             ok("//", "/"),
-            ok("/a//../b", "/b"),
+            // `..` after an empty segment: the two readings of `//` disagree.
+            err("/a//../b", DotDotAfterEmptySegment),
+            err("/a/.//../b", DotDotAfterEmptySegment),
+            err("/a/b//..", DotDotAfterEmptySegment),
+            ok("/a//b/../c", "/a/c"),
+            ok("/a/b/..//c", "/a/c"),
             // Escaping above the root.
             err("/..", EscapesRoot),
             err("/../a", EscapesRoot),
@@ -747,6 +769,67 @@ mod tests {
                     proptest::prop_assert_eq!(full.as_ref().map(NormalizedPath::as_str), Ok(raw.as_str()));
                 }
                 proptest::prop_assert_eq!(normalize(&raw), full);
+            }
+        }
+    }
+
+    /// RFC 3986 §5.2.4 `remove_dot_segments`, as written there, on a path of plain
+    /// segments: empty segments stay until a `..` removes them.
+    fn rfc3986_remove_dot_segments(path: &str) -> String {
+        let mut input = path.to_owned();
+        let mut output = String::new();
+        while !input.is_empty() {
+            if let Some(rest) = input.strip_prefix("../") {
+                input = rest.to_owned();
+            } else if let Some(rest) = input.strip_prefix("./") {
+                input = rest.to_owned();
+            } else if input.starts_with("/./") {
+                input.replace_range(..3, "/");
+            } else if input == "/." {
+                input = "/".into();
+            } else if input.starts_with("/../") || input == "/.." {
+                let cut = if input == "/.." { 3 } else { 4 };
+                input.replace_range(..cut, "/");
+                let last = output.rfind('/').unwrap_or(0);
+                output.truncate(last);
+            } else if input == "." || input == ".." {
+                input.clear();
+            } else {
+                let start = usize::from(input.starts_with('/'));
+                let end = input[start..].find('/').map_or(input.len(), |i| i + start);
+                output.push_str(&input[..end]);
+                input.replace_range(..end, "");
+            }
+        }
+        output
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// Where a path is accepted, reading it the RFC 3986 way (dot segments first, empty
+        /// segments kept) and merging slashes afterwards, as an upstream may, gives the
+        /// path policy saw.
+        #[test]
+        fn an_accepted_path_means_the_same_to_a_reader_that_keeps_empty_segments(
+            segments in proptest::collection::vec(
+                proptest::sample::select(vec!["a", "b", "", ".", ".."]),
+                0..10,
+            ),
+        ) {
+            let raw = format!("/{}", segments.join("/"));
+            if let Ok(ours) = normalize(&raw) {
+                let rfc = rfc3986_remove_dot_segments(&raw);
+                let mut merged = String::new();
+                for c in rfc.chars() {
+                    if !(c == '/' && merged.ends_with('/')) {
+                        merged.push(c);
+                    }
+                }
+                if merged.is_empty() {
+                    merged.push('/');
+                }
+                proptest::prop_assert_eq!(ours.as_str(), merged.as_str(), "raw {}", raw);
             }
         }
     }

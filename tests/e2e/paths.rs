@@ -95,7 +95,20 @@ fn cases() -> Vec<Case> {
         p7("trailing dot", "/plant-7/.", "/plant-7/"),
         denied("dotdot into plant-9", "/plant-7/../plant-9/x"),
         denied("deeper dotdot into plant-9", "/plant-7/a/../../plant-9/x"),
-        denied("double slashes around dotdot", "//plant-7//..//plant-9//x"),
+        denied("double slashes", "//plant-9//x"),
+        denied("double slashes before a dotdot", "//plant-7/..//plant-9//x"),
+        // `..` after an empty segment: RFC 3986 readers remove the empty segment
+        // (`/plant-7/plant-9/x`), slash-merging ones remove `plant-7` (`/plant-9/x`).
+        bad("dotdot after a double slash", "//plant-7//..//plant-9//x"),
+        bad(
+            "dotdot after a dot and a double slash",
+            "/plant-7/.//../plant-9/x",
+        ),
+        p7(
+            "double slash, then a dotdot inside",
+            "/plant-7//a/../b",
+            "/plant-7/b",
+        ),
         case(
             "dotdot into the other route",
             "/plant-7/../other/x",
@@ -476,7 +489,7 @@ async fn paths_normalizing_into_the_reserved_prefix_are_served_by_the_gateway() 
         [
             "/plant-7/../.twinward/jwks.json",
             "/plant-7/x/../../.twinward/./jwks.json",
-            "//plant-9//..//.twinward//jwks.json",
+            "//plant-9/..//.twinward//jwks.json",
             "/other/../.well-known/jwks.json",
         ]
         .map(|t| {
