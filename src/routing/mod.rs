@@ -93,15 +93,17 @@ impl RouteTable {
 }
 
 /// `example.com:8443` → `example.com`; `[::1]:80` → `::1`.
+/// The fully qualified form's trailing dot goes too (`example.com.:443` → `example.com`),
+/// after the port, as nginx does: otherwise it would miss its host's routes.
 pub fn host_without_port(host: &str) -> &str {
-    let host = host.trim_end_matches('.');
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    match host.rsplit_once(':') {
+    let host = match host.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
-    }
+    };
+    host.trim_end_matches('.')
 }
 
 #[cfg(test)]
@@ -153,6 +155,27 @@ mod tests {
             Some("a-host")
         );
         assert_eq!(find(&t, "twins.example.com", "/elsewhere"), Some("root"));
+        // The fully qualified name, with and without a port, is the same host.
+        assert_eq!(find(&t, "twins.example.com.", "/plant-7/x"), Some("a-host"));
+        assert_eq!(
+            find(&t, "twins.example.com.:443", "/plant-7/x"),
+            Some("a-host")
+        );
+    }
+
+    #[test]
+    fn host_without_port_forms() {
+        for (given, want) in [
+            ("example.com", "example.com"),
+            ("example.com:8443", "example.com"),
+            ("example.com.", "example.com"),
+            ("example.com.:443", "example.com"),
+            ("[::1]:80", "::1"),
+            ("[::1]", "::1"),
+            ("::1", "::1"),
+        ] {
+            assert_eq!(host_without_port(given), want, "{given}");
+        }
     }
 
     #[test]
