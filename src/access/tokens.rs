@@ -35,7 +35,7 @@ pub enum AuthError {
 }
 
 /// A verified token and the principal it stands for.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AuthenticatedToken {
     pub record: TokenRecord,
     pub principal: Principal,
@@ -125,6 +125,9 @@ impl TokenAuthenticator {
 impl Lookup {
     /// Reads the token from storage and caches it; `None` if storage does not know it.
     async fn fetch(&self, hash: TokenHash) -> Result<Option<Arc<AuthenticatedToken>>, AuthError> {
+        // The entry's age counts from before the read: storage may have answered with what
+        // it held at any moment since, and a revocation must show within CACHE_TTL of it.
+        let started = Instant::now();
         let record = match self.store.token_by_hash(hash).await {
             Ok(Some(r)) => r,
             Ok(None) => {
@@ -167,20 +170,31 @@ impl Lookup {
             record,
             principal,
         });
-        if let Ok(mut c) = self.cache.lock() {
-            if c.len() > 100_000 {
-                c.retain(|_, e| e.fetched.elapsed() < CACHE_TTL);
-            }
-            c.insert(
-                hash,
-                Cached {
-                    token: token.clone(),
-                    fetched: Instant::now(),
-                    refreshing: false,
-                },
-            );
-        }
+        self.keep(hash, token.clone(), started);
         Ok(Some(token))
+    }
+
+    /// Caches what a read that started at `started` found, unless a read that started later
+    /// has already: a slow read must not put back a record older than the cached one (a
+    /// token revoked in between would be accepted again).
+    fn keep(&self, hash: TokenHash, token: Arc<AuthenticatedToken>, started: Instant) {
+        let Ok(mut c) = self.cache.lock() else {
+            return;
+        };
+        if c.len() > 100_000 {
+            c.retain(|_, e| e.fetched.elapsed() < CACHE_TTL);
+        }
+        if c.get(&hash).is_some_and(|e| e.fetched > started) {
+            return;
+        }
+        c.insert(
+            hash,
+            Cached {
+                token,
+                fetched: started,
+                refreshing: false,
+            },
+        );
     }
 
     /// A background refresh. On failure the entry simply ages out at [`CACHE_TTL`], and the
@@ -263,6 +277,29 @@ mod tests {
             .get(&api_token::parse(&text).unwrap())
             .map(|e| e.fetched.elapsed());
         assert!(fetched.is_some_and(|a| a < CACHE_TTL));
+
+        // A slow read that started before the revocation and ends after a newer read must
+        // not put the unrevoked record back.
+        let hash = api_token::parse(&text).unwrap();
+        let revoked = auth.inner.fetch(hash).await.unwrap().unwrap();
+        assert!(revoked.record.revoked_at.is_some());
+        let mut stale = (*revoked).clone();
+        stale.record.revoked_at = None;
+        let long_ago = Instant::now() - Duration::from_millis(300);
+        auth.inner.keep(hash, Arc::new(stale), long_ago);
+        assert!(matches!(
+            auth.authenticate(&text, now).await,
+            Err(AuthError::Revoked)
+        ));
+        // The entry's age is that of the read's start, not of its end.
+        let age = auth
+            .inner
+            .cache
+            .lock()
+            .unwrap()
+            .get(&hash)
+            .map(|e| e.fetched);
+        assert!(age.is_some_and(|f| f <= Instant::now()));
     }
 }
 
