@@ -170,10 +170,17 @@ impl Minter {
         self.keys.load_full()
     }
 
-    /// Replaces the key ring (after rotation). Cached credentials stay valid: their key
-    /// remains published for the overlap.
+    /// Replaces the key ring (after rotation). Cached credentials stay in use while their
+    /// key is published (a rotated key is, for the overlap); those of a key that was
+    /// removed (say, compromised) are dropped, since twins can no longer verify them.
     pub fn set_keys(&self, ring: KeyRing) {
+        let published: Vec<String> = ring.published.iter().map(|k| k.kid.clone()).collect();
         self.keys.store(Arc::new(ring));
+        for shard in &self.cache {
+            if let Ok(mut map) = shard.lock() {
+                map.retain(|_, c| published.contains(&c.kid));
+            }
+        }
     }
 
     /// The cached credential when its scope is exactly `scope` and more than a fifth of its
@@ -387,6 +394,43 @@ mod tests {
             .get_or_mint(&r, "read", t0.saturating_add(Duration::from_secs(243)))
             .unwrap();
         assert!(minted);
+    }
+
+    #[test]
+    fn a_removed_keys_credentials_are_not_reused_and_a_rotated_keys_are() {
+        let (d, m) = minter(SigningAlgorithm::EdDsa);
+        let roles = vec![];
+        let t0 = Timestamp::from_unix_secs(10_000);
+        let timing = super::super::keys::KeyTiming {
+            activation_delay: Duration::ZERO,
+            overlap: Duration::from_secs(3600),
+        };
+        let (a, _) = m.get_or_mint(&req(&roles), "read", t0).unwrap();
+        // Rotation: the old key stays published, its credential stays in use.
+        super::super::keys::generate(d.path(), SigningAlgorithm::EdDsa, t0).unwrap();
+        m.set_keys(
+            super::super::keys::load(d.path(), SigningAlgorithm::EdDsa, timing, t0, false).unwrap(),
+        );
+        assert_ne!(m.keys().current.kid, a.kid);
+        let t1 = t0.saturating_add(Duration::from_secs(10));
+        let (b, minted) = m.get_or_mint(&req(&roles), "read", t1).unwrap();
+        assert!(!minted);
+        assert_eq!(b.jti, a.jti);
+        // The old key's file removed: its credential goes with it.
+        let old = m
+            .keys()
+            .published
+            .iter()
+            .find(|k| k.kid == a.kid)
+            .map(|k| k.path.clone())
+            .unwrap();
+        std::fs::remove_file(old).unwrap();
+        m.set_keys(
+            super::super::keys::load(d.path(), SigningAlgorithm::EdDsa, timing, t1, false).unwrap(),
+        );
+        let (c, minted) = m.get_or_mint(&req(&roles), "read", t1).unwrap();
+        assert!(minted);
+        assert_eq!(c.kid, m.keys().current.kid);
     }
 
     /// A credential is reused only for the very principal and route it was minted for:
