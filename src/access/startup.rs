@@ -21,7 +21,7 @@ use crate::session::SessionStore;
 use crate::signals::network::NetworkSignals;
 use crate::storage::{self, StorageError};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -104,25 +104,12 @@ pub fn pseudonym_key(config: &Config, create: bool) -> Result<Secret, StartError
         f.write_all(hex::encode(key).as_bytes())
             .map_err(|e| err(e.to_string()))?;
     }
-    check_private(&path).map_err(err)?;
-    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-    let bytes = hex::decode(text.trim()).map_err(|_| err("not hex".into()))?;
+    let owner = keys::ensure_dir(dir)?;
+    let text = crate::credentials::private_file::read(&path, false, Some(owner))
+        .map_err(|e| err(e.to_string()))?;
+    let bytes =
+        hex::decode(String::from_utf8_lossy(&text).trim()).map_err(|_| err("not hex".into()))?;
     Ok(Secret::new(bytes))
-}
-
-fn check_private(path: &Path) -> Result<(), String> {
-    let mode = std::fs::metadata(path)
-        .map_err(|e| e.to_string())?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "readable by group or others (mode {mode:o}); run chmod 600 {}",
-            path.display()
-        ));
-    }
-    Ok(())
 }
 
 impl Gateway {

@@ -16,7 +16,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,10 +28,12 @@ pub enum KeyStoreError {
         path: String,
         source: std::io::Error,
     },
-    #[error(
-        "key file {path} is readable by group or others (mode {mode:o}); run chmod 600 {path}"
-    )]
-    Permissions { path: String, mode: u32 },
+    /// A key file or the keys directory that others can read or write.
+    #[error("{path} {source}")]
+    Private {
+        path: String,
+        source: super::private_file::PrivateFileError,
+    },
     #[error("key file {path} is not a valid {alg} PKCS#8 key")]
     BadKey { path: String, alg: &'static str },
     #[error("key generation failed")]
@@ -154,13 +156,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyStoreError + '_ {
     }
 }
 
-/// Creates the keys directory (0700) if needed.
-pub fn ensure_dir(dir: &Path) -> Result<(), KeyStoreError> {
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+fn private(
+    path: &Path,
+) -> impl FnOnce(super::private_file::PrivateFileError) -> KeyStoreError + '_ {
+    move |source| KeyStoreError::Private {
+        path: path.display().to_string(),
+        source,
     }
-    Ok(())
+}
+
+/// Creates the keys directory (0700) if needed, and checks that nobody else can write it.
+pub fn ensure_dir(dir: &Path) -> Result<u32, KeyStoreError> {
+    super::private_file::create_dir(dir).map_err(private(dir))
 }
 
 /// Generates a key of `alg` and writes it (0600). Returns its path.
@@ -276,6 +283,8 @@ pub fn load(
 }
 
 fn read_keys(dir: &Path) -> Result<Vec<Arc<SigningKey>>, KeyStoreError> {
+    // Whoever can add a file here can add a signing key.
+    let owner = super::private_file::check_dir(dir).map_err(private(dir))?;
     let mut out = Vec::new();
     for e in fs::read_dir(dir).map_err(io(dir))? {
         let e = e.map_err(io(dir))?;
@@ -298,15 +307,7 @@ fn read_keys(dir: &Path) -> Result<Vec<Arc<SigningKey>>, KeyStoreError> {
                 alg: "EdDSA or ES256",
             });
         };
-        let meta = fs::metadata(&path).map_err(io(&path))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyStoreError::Permissions {
-                path: path.display().to_string(),
-                mode,
-            });
-        }
-        let der = fs::read(&path).map_err(io(&path))?;
+        let der = super::private_file::read(&path, false, Some(owner)).map_err(private(&path))?;
         let created = Timestamp::from_unix_millis(created.parse().unwrap_or(0));
         out.push(Arc::new(SigningKey::from_pkcs8(alg, &der, created, path)?));
     }
@@ -330,6 +331,8 @@ pub fn fingerprint(dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credentials::private_file::PrivateFileError;
+    use std::os::unix::fs::PermissionsExt;
 
     const T: KeyTiming = KeyTiming {
         activation_delay: Duration::from_secs(120),
@@ -408,6 +411,55 @@ mod tests {
         let p = generate(d.path(), SigningAlgorithm::Es256, t0).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
         let err = load(d.path(), SigningAlgorithm::Es256, T, t0, false).unwrap_err();
-        assert!(matches!(err, KeyStoreError::Permissions { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                KeyStoreError::Private {
+                    source: PrivateFileError::Readable { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_keys_directory_others_can_write() {
+        // Anyone who can add a file there could add the newest signing key.
+        let d = tempfile::tempdir().unwrap();
+        let t0 = Timestamp::from_unix_secs(1_000_000);
+        generate(d.path(), SigningAlgorithm::EdDsa, t0).unwrap();
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o775)).unwrap();
+        let err = load(d.path(), SigningAlgorithm::EdDsa, T, t0, false).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KeyStoreError::Private {
+                    source: PrivateFileError::Writable { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_key_that_is_a_link() {
+        let d = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let t0 = Timestamp::from_unix_secs(1_000_000);
+        let p = generate(other.path(), SigningAlgorithm::EdDsa, t0).unwrap();
+        std::os::unix::fs::symlink(&p, d.path().join(p.file_name().unwrap())).unwrap();
+        let err = load(d.path(), SigningAlgorithm::EdDsa, T, t0, false).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KeyStoreError::Private {
+                    source: PrivateFileError::Symlink,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }
