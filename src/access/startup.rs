@@ -166,6 +166,7 @@ impl Gateway {
             ),
             network: NetworkSignals::new(
                 config.server.trusted_proxies.clone(),
+                config.server.client_ip_header,
                 config.location.zones.clone(),
             ),
             config: Arc::new(config),

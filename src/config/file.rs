@@ -82,6 +82,8 @@ pub struct ServerFile {
     pub public_url: Option<Spanned<String>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// The forwarding header the trusted proxies append to: `X-Forwarded-For` or `Forwarded`.
+    pub client_ip_header: Option<Spanned<String>>,
     #[serde(default)]
     pub production_hosts: Vec<Spanned<String>>,
     pub tls: Option<Spanned<TlsFile>>,

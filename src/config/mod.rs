@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     pub public_url: Option<String>,
     pub trusted_proxies: Vec<IpNet>,
+    /// The header whose chain the trusted proxies append to.
+    pub client_ip_header: crate::signals::network::ForwardingHeader,
     pub production_hosts: Vec<HostPattern>,
     pub tls: Option<TlsConfig>,
     pub workers: usize,
@@ -522,6 +524,20 @@ impl Validator<'_> {
                 Err(m) => self.problem_at(Some(p.span().start), m),
             }
         }
+        let client_ip_header = match raw.client_ip_header {
+            None => Default::default(),
+            Some(h) => crate::signals::network::ForwardingHeader::parse(h.get_ref())
+                .unwrap_or_else(|| {
+                    self.problem_at(
+                        Some(h.span().start),
+                        format!(
+                            "server.client_ip_header {:?}: use \"X-Forwarded-For\" or \"Forwarded\", the header your proxies append to",
+                            h.get_ref()
+                        ),
+                    );
+                    Default::default()
+                }),
+        };
         let mut production_hosts = Vec::new();
         for h in raw.production_hosts {
             match HostPattern::parse(h.get_ref()) {
@@ -554,6 +570,7 @@ impl Validator<'_> {
             admin_listen,
             public_url,
             trusted_proxies,
+            client_ip_header,
             production_hosts,
             tls,
             workers,

@@ -62,6 +62,10 @@ twin = "plant-7"
 attributes = { environment = "twin", site = "plant-7", sensitivity = 2 }
 "#;
     let c = parse_str(text).unwrap();
+    assert_eq!(
+        c.server.client_ip_header,
+        crate::signals::network::ForwardingHeader::XForwardedFor
+    );
     assert_eq!(c.credentials.issuer, "https://twins.example.com");
     assert_eq!(c.location.zones.len(), 2);
     assert_eq!(c.routes[0].host.as_deref(), Some("twins.example.com"));
@@ -290,4 +294,21 @@ fn signin_problems_are_all_listed() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("oidc.roles is empty"), "{e}");
+}
+
+#[test]
+fn client_ip_header_is_one_of_the_two_forwarding_headers() {
+    let c = parse_str("[server]\nclient_ip_header = \"Forwarded\"\n").unwrap();
+    assert_eq!(
+        c.server.client_ip_header,
+        crate::signals::network::ForwardingHeader::Forwarded
+    );
+    let e = parse_str("[server]\nclient_ip_header = \"X-Real-IP\"\n").unwrap_err();
+    assert_eq!(e.problems.len(), 1);
+    assert_eq!(e.problems[0].position.map(|p| p.0), Some(2));
+    assert!(
+        e.problems[0].message.contains("X-Forwarded-For"),
+        "{}",
+        e.problems[0].message
+    );
 }

@@ -43,37 +43,115 @@ impl Original {
     }
 }
 
-/// nginx `auth_request` sends `X-Original-URL` and `X-Original-Method`; Traefik and Caddy
-/// send `X-Forwarded-Method/Proto/Host/Uri`.
-fn original(headers: &HeaderMap) -> Option<Original> {
-    let h = |n: &str| {
-        headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    if let Some(url) = h("x-original-url") {
-        let uri: Uri = url.parse().ok()?;
-        let host = uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| h("x-forwarded-host"))
-            .or_else(|| h("host"));
-        return Some(Original {
-            method: h("x-original-method")
-                .or_else(|| h("x-forwarded-method"))
-                .unwrap_or_else(|| "GET".into()),
-            host,
-            path_and_query: uri
-                .path_and_query()
-                .map_or("/".into(), |p| p.as_str().to_owned()),
-        });
+/// Why the headers that describe the original request cannot be believed.
+#[derive(Debug, PartialEq, Eq)]
+enum OriginalError {
+    /// The proxy left out a header its convention always sends: a configuration error.
+    Missing(&'static str),
+    /// `X-Original-URL` without scheme and host, so the host would come from a header the
+    /// client can write.
+    NotAbsolute,
+    /// A header sent twice, not visible ASCII, or not a URL.
+    Malformed(&'static str),
+    /// Both conventions present and naming different requests. A proxy copies the client's
+    /// headers onto the auth request and overwrites only its own convention's, so the other
+    /// set is what the client wrote.
+    Disagree(&'static str),
+}
+
+impl OriginalError {
+    fn status(&self) -> StatusCode {
+        match self {
+            // nginx turns any other status from auth_request into a 500; a spoofing attempt
+            // is refused, not an outage.
+            OriginalError::Disagree(_) => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        }
     }
-    let uri = h("x-forwarded-uri")?;
-    Some(Original {
-        method: h("x-forwarded-method").unwrap_or_else(|| "GET".into()),
-        host: h("x-forwarded-host"),
-        path_and_query: uri,
+
+    fn detail(&self) -> String {
+        match self {
+            OriginalError::Missing(h) => format!("forward-auth request without {h}"),
+            OriginalError::NotAbsolute => {
+                "X-Original-URL must be absolute ($scheme://$http_host$request_uri)".into()
+            }
+            OriginalError::Malformed(h) => format!("{h} is sent more than once or is not readable"),
+            OriginalError::Disagree(h) => {
+                format!("{h} disagrees with the other forward-auth headers")
+            }
+        }
+    }
+}
+
+/// The one value of `name`: absent, or exactly one line of visible ASCII.
+fn single<'h>(
+    headers: &'h HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'h str>, OriginalError> {
+    let mut lines = headers.get_all(name).iter();
+    let Some(first) = lines.next() else {
+        return Ok(None);
+    };
+    if lines.next().is_some() {
+        return Err(OriginalError::Malformed(name));
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| OriginalError::Malformed(name))
+}
+
+/// The request the proxy asks about. nginx `auth_request` sends `X-Original-URL` (absolute)
+/// and `X-Original-Method`; Traefik and Caddy send `X-Forwarded-Method/Host/Uri`. Each proxy
+/// passes the client's other headers through untouched, so whichever set it does not write
+/// is the client's: when both are present they must name the same request.
+fn original(headers: &HeaderMap) -> Result<Original, OriginalError> {
+    let url = single(headers, "x-original-url")?;
+    let url_method = single(headers, "x-original-method")?;
+    let fwd_uri = single(headers, "x-forwarded-uri")?;
+    let fwd_method = single(headers, "x-forwarded-method")?;
+    let fwd_host = single(headers, "x-forwarded-host")?;
+    let Some(url) = url else {
+        if url_method.is_some() {
+            return Err(OriginalError::Missing("x-original-url"));
+        }
+        let path_and_query = fwd_uri.ok_or(OriginalError::Missing("x-forwarded-uri"))?;
+        let method = fwd_method.ok_or(OriginalError::Missing("x-forwarded-method"))?;
+        let host = fwd_host.ok_or(OriginalError::Missing("x-forwarded-host"))?;
+        return Ok(Original {
+            method: method.to_owned(),
+            host: Some(host.to_owned()),
+            path_and_query: path_and_query.to_owned(),
+        });
+    };
+    let method = url_method.ok_or(OriginalError::Missing("x-original-method"))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| OriginalError::Malformed("x-original-url"))?;
+    let Some(authority) = uri.authority() else {
+        return Err(OriginalError::NotAbsolute);
+    };
+    if authority.as_str().contains('@') {
+        return Err(OriginalError::Malformed("x-original-url"));
+    }
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    if fwd_uri.is_some_and(|u| u != path_and_query) {
+        return Err(OriginalError::Disagree("x-forwarded-uri"));
+    }
+    if fwd_method.is_some_and(|m| m != method) {
+        return Err(OriginalError::Disagree("x-forwarded-method"));
+    }
+    let same_host = |h: &str| {
+        crate::routing::host_without_port(h)
+            .eq_ignore_ascii_case(crate::routing::host_without_port(authority.as_str()))
+    };
+    if fwd_host.is_some_and(|h| !same_host(h)) {
+        return Err(OriginalError::Disagree("x-forwarded-host"));
+    }
+    Ok(Original {
+        method: method.to_owned(),
+        host: Some(authority.as_str().to_owned()),
+        path_and_query: path_and_query.to_owned(),
     })
 }
 
@@ -94,14 +172,13 @@ pub async fn verify(
             false,
         );
     }
-    let Some(orig) = original(&headers) else {
-        return error::problem(
-            StatusCode::BAD_REQUEST,
-            "Bad Request",
-            "forward-auth needs X-Original-URL or X-Forwarded-Uri",
-            None,
-            false,
-        );
+    let orig = match original(&headers) {
+        Ok(o) => o,
+        Err(e) => {
+            let status = e.status();
+            let title = status.canonical_reason().unwrap_or("Bad Request");
+            return error::problem(status, title, &e.detail(), None, false);
+        }
     };
     let raw_path = orig.path_and_query.split('?').next().unwrap_or("/");
     let normalized = match path::normalize(raw_path) {
@@ -126,7 +203,28 @@ pub async fn verify(
             false,
         );
     };
-    let client_ip = super::proxy::client_ip(gw, peer.ip(), &headers);
+    let client_ip = match super::proxy::client_ip(gw, peer.ip(), &headers) {
+        Ok(ip) => ip,
+        // 403 for the same reason as a refused path.
+        Err(e) => {
+            return error::problem(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &e.to_string(),
+                None,
+                false,
+            )
+        }
+    };
+    if let Some(name) = super::proxy::method_override_conflict(&orig.method, &headers) {
+        return error::problem(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!("{name} names a method other than the request's"),
+            None,
+            false,
+        );
+    }
     let access = AccessRequest {
         route,
         method: &orig.method,
@@ -247,7 +345,17 @@ pub async fn token_exchange(
             None,
         );
     };
-    let client_ip = super::proxy::client_ip(gw, peer.ip(), &headers);
+    let client_ip = match super::proxy::client_ip(gw, peer.ip(), &headers) {
+        Ok(ip) => ip,
+        Err(e) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &e.to_string(),
+                None,
+            )
+        }
+    };
     match gw
         .exchange(&subject, route, client_ip, purpose(&headers))
         .await
@@ -294,5 +402,149 @@ pub async fn token_exchange(
                 Some(&r.decision_id),
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(lines: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in lines {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    const TRAEFIK: [(&str, &str); 4] = [
+        ("x-forwarded-method", "POST"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "twins.test"),
+        ("x-forwarded-uri", "/plant-9/admin?x=1"),
+    ];
+
+    #[test]
+    fn each_convention_alone_names_the_request() {
+        let o = original(&headers(&TRAEFIK)).unwrap();
+        assert_eq!(
+            (
+                o.method.as_str(),
+                o.host.as_deref(),
+                o.path_and_query.as_str()
+            ),
+            ("POST", Some("twins.test"), "/plant-9/admin?x=1")
+        );
+        let o = original(&headers(&[
+            ("x-original-url", "https://twins.test:8443/plant-7/x?y"),
+            ("x-original-method", "DELETE"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                o.method.as_str(),
+                o.host.as_deref(),
+                o.path_and_query.as_str()
+            ),
+            ("DELETE", Some("twins.test:8443"), "/plant-7/x?y")
+        );
+    }
+
+    #[test]
+    fn a_client_written_set_that_disagrees_with_the_proxys_is_refused() {
+        // Traefik and Caddy pass the client's X-Original-* through: it must not win.
+        let spoof = |extra: &[(&'static str, &str)]| {
+            let mut lines = TRAEFIK.to_vec();
+            lines.extend_from_slice(extra);
+            original(&headers(&lines)).map(|o| o.path_and_query)
+        };
+        assert_eq!(
+            spoof(&[
+                ("x-original-url", "https://twins.test/public/"),
+                ("x-original-method", "POST"),
+            ]),
+            Err(OriginalError::Disagree("x-forwarded-uri"))
+        );
+        assert_eq!(
+            spoof(&[
+                ("x-original-url", "https://twins.test/plant-9/admin?x=1"),
+                ("x-original-method", "GET"),
+            ]),
+            Err(OriginalError::Disagree("x-forwarded-method"))
+        );
+        assert_eq!(
+            spoof(&[
+                ("x-original-url", "https://public.test/plant-9/admin?x=1"),
+                ("x-original-method", "POST"),
+            ]),
+            Err(OriginalError::Disagree("x-forwarded-host"))
+        );
+        // The same request named twice is fine, whatever the case and port of the host.
+        assert_eq!(
+            spoof(&[
+                ("x-original-url", "https://Twins.Test:443/plant-9/admin?x=1"),
+                ("x-original-method", "POST"),
+            ]),
+            Ok("/plant-9/admin?x=1".into())
+        );
+        // A method without its URL is half of nginx's set.
+        assert_eq!(
+            spoof(&[("x-original-method", "GET")]),
+            Err(OriginalError::Missing("x-original-url"))
+        );
+    }
+
+    #[test]
+    fn nothing_is_assumed_for_a_missing_or_unreadable_header() {
+        for (lines, want) in [
+            (vec![], OriginalError::Missing("x-forwarded-uri")),
+            (
+                vec![("x-forwarded-uri", "/a"), ("x-forwarded-host", "h")],
+                OriginalError::Missing("x-forwarded-method"),
+            ),
+            (
+                vec![("x-forwarded-uri", "/a"), ("x-forwarded-method", "GET")],
+                OriginalError::Missing("x-forwarded-host"),
+            ),
+            (
+                vec![("x-original-url", "https://twins.test/a")],
+                OriginalError::Missing("x-original-method"),
+            ),
+            (
+                vec![("x-original-url", "/a"), ("x-original-method", "GET")],
+                OriginalError::NotAbsolute,
+            ),
+            (
+                vec![
+                    ("x-original-url", "https://evil@twins.test/a"),
+                    ("x-original-method", "GET"),
+                ],
+                OriginalError::Malformed("x-original-url"),
+            ),
+            (
+                vec![
+                    ("x-forwarded-uri", "/a"),
+                    ("x-forwarded-uri", "/b"),
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-host", "h"),
+                ],
+                OriginalError::Malformed("x-forwarded-uri"),
+            ),
+            (
+                vec![
+                    ("x-forwarded-uri", "/a"),
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-method", "POST"),
+                    ("x-forwarded-host", "h"),
+                ],
+                OriginalError::Malformed("x-forwarded-method"),
+            ),
+        ] {
+            assert_eq!(
+                original(&headers(&lines)).map(|o| o.path_and_query),
+                Err(want),
+                "{lines:?}"
+            );
+        }
     }
 }

@@ -11,6 +11,7 @@ use super::AppState;
 use crate::access::AccessRequest;
 use crate::routing::path::NormalizedPath;
 use crate::routing::Route;
+use crate::signals::network::{ForwardingHeader, UnattestedClient};
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -26,16 +27,34 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const ASSERTION: HeaderName = HeaderName::from_static(ASSERTION_HEADER);
 
-/// Forwarding and forward-auth headers a client may send; the gateway sets its own.
-pub const INBOUND_FORWARDING: [&str; 9] = [
+/// Forwarding and forward-auth headers a client may send, and the other names frameworks
+/// read a client address, scheme, port, prefix or original URL from: the twin trusts the
+/// gateway as its proxy, so none of them reaches it as the client wrote it. The gateway
+/// sets its own `X-Forwarded-For/Proto/Host`.
+pub const INBOUND_FORWARDING: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-forwarded-method",
     "x-forwarded-uri",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-protocol",
     "x-original-url",
+    "x-original-uri",
     "x-original-method",
+    "x-original-host",
+    "x-original-forwarded-for",
+    "x-rewrite-url",
     "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "x-url-scheme",
+    "front-end-https",
     "forwarded",
 ];
 
@@ -88,7 +107,12 @@ impl hyper::body::Body for UploadBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let mut polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &mut polled {
+            if let Some(trailers) = frame.trailers_mut() {
+                strip_from_trailers(trailers);
+            }
+        }
         if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
             self.finish();
         }
@@ -101,6 +125,28 @@ impl hyper::body::Body for UploadBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Request trailers reach an HTTP/2 twin as they came (hyper's HTTP/1 client drops them):
+/// whatever the head may not carry upstream, the trailers may not either.
+fn strip_from_trailers(trailers: &mut HeaderMap) {
+    let banned: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k == "authorization"
+                || k == "cookie"
+                || k == "host"
+                || k.starts_with("x-twinward-")
+                || HOP_BY_HOP.contains(&k)
+                || INBOUND_FORWARDING.contains(&k)
+                || METHOD_OVERRIDE.contains(&k)
+        })
+        .cloned()
+        .collect();
+    for k in banned {
+        trailers.remove(k);
     }
 }
 
@@ -121,20 +167,55 @@ pub fn joined<H: HeaderLines + ?Sized>(headers: &H, name: &'static str) -> Optio
     out
 }
 
-/// The client address: the socket peer, or from the forwarding headers when the peer is a
-/// trusted proxy.
+/// The client address: the socket peer, or from the configured forwarding header when the
+/// peer is a trusted proxy.
 pub fn client_ip<H: HeaderLines + ?Sized>(
     gw: &crate::access::Gateway,
     peer: std::net::IpAddr,
     headers: &H,
-) -> std::net::IpAddr {
+) -> Result<std::net::IpAddr, UnattestedClient> {
     if !gw.network.is_trusted(peer) {
-        return crate::signals::network::canonical(peer);
+        return Ok(crate::signals::network::canonical(peer));
     }
-    gw.network.client_ip(
-        peer,
-        joined(headers, "x-forwarded-for").as_deref(),
-        joined(headers, "forwarded").as_deref(),
+    let name = gw.network.header().name();
+    let chain = joined(headers, name);
+    if chain.is_none() && headers.has(name) {
+        return Err(UnattestedClient::Unreadable(name));
+    }
+    gw.network.client_ip(peer, chain.as_deref())
+}
+
+/// Headers some frameworks take as the request's real method.
+pub const METHOD_OVERRIDE: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The method-override header, if any, that names a method of another action than
+/// `method`'s: the twin would do what policy did not decide on (a GET that the twin's
+/// framework runs as a DELETE). One of the same action (a PATCH tunnelled through a POST)
+/// passes.
+pub fn method_override_conflict<H: HeaderLines + ?Sized>(
+    method: &str,
+    headers: &H,
+) -> Option<&'static str> {
+    let action = crate::policy::Action::from_method(method);
+    METHOD_OVERRIDE.into_iter().find(|name| {
+        headers.lines(name).any(|v| {
+            visible_ascii(v).is_none_or(|m| crate::policy::Action::from_method(m.trim()) != action)
+        })
+    })
+}
+
+/// The 400 for a request whose trusted proxy did not say who the client is.
+pub fn unattested(e: UnattestedClient, html: bool) -> Response<Body> {
+    error::problem(
+        StatusCode::BAD_REQUEST,
+        "Bad Request",
+        &e.to_string(),
+        None,
+        html,
     )
 }
 
@@ -196,7 +277,10 @@ pub fn forwarding<H: HeaderLines + ?Sized>(
     } else {
         "http"
     };
-    let prior = if trusted {
+    // A trusted proxy's chain goes on with its address appended, so the twin can walk it as
+    // the gateway did; when the proxies append `Forwarded` instead, an inbound
+    // `X-Forwarded-For` is the client's writing and the twin gets the address the walk found.
+    let prior = if trusted && gw.network.header() == ForwardingHeader::XForwardedFor {
         joined(headers, "x-forwarded-for")
     } else {
         None
@@ -382,7 +466,21 @@ pub async fn handle(
     };
     let route = route.clone();
     let headers = req.headers();
-    let client_ip = client_ip(gw, peer.ip(), headers);
+    if let Some(name) = method_override_conflict(req.method().as_str(), headers) {
+        return error::problem(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            &format!(
+                "{name} names a method other than the request's; send the request with that method"
+            ),
+            None,
+            html,
+        );
+    }
+    let client_ip = match client_ip(gw, peer.ip(), headers) {
+        Ok(ip) => ip,
+        Err(e) => return unattested(e, html),
+    };
     let access = access_request(gw, &route, req.method().as_str(), &path, headers, client_ip);
     let resp = match gw.authorize(&access).await {
         Err(refused) => refusal(gw, &refused, html, host.as_deref(), req.uri()),
@@ -457,7 +555,7 @@ async fn forward(
         .any(|k| INBOUND_FORWARDING.contains(&k.as_str()))
     {
         for h in INBOUND_FORWARDING {
-            headers.remove(h);
+            headers.remove(*h);
         }
     }
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
@@ -575,6 +673,56 @@ pub fn is_gateway_set_cookie(value: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_method_override_of_another_action_is_found() {
+        let h = |name: &'static str, v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(v));
+            h
+        };
+        assert_eq!(method_override_conflict("GET", &HeaderMap::new()), None);
+        assert_eq!(
+            method_override_conflict("GET", &h("x-http-method-override", "DELETE")),
+            Some("x-http-method-override")
+        );
+        assert_eq!(
+            method_override_conflict("HEAD", &h("x-http-method", "POST")),
+            Some("x-http-method")
+        );
+        assert_eq!(
+            method_override_conflict("POST", &h("x-method-override", "GET")),
+            Some("x-method-override")
+        );
+        assert_eq!(
+            method_override_conflict("POST", &h("x-http-method-override", "PATCH")),
+            None
+        );
+        assert_eq!(
+            method_override_conflict("GET", &h("x-http-method-override", " HEAD ")),
+            None
+        );
+    }
+
+    #[test]
+    fn trailers_lose_what_the_head_may_not_carry_upstream() {
+        let mut t = HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer twt_x"),
+            ("cookie", "__Host-twinward=s"),
+            ("x-twinward-assertion", "forged"),
+            ("x-forwarded-for", "192.168.20.5"),
+            ("x-http-method-override", "DELETE"),
+            ("grpc-status", "0"),
+            ("x-checksum", "abc"),
+        ] {
+            t.insert(k, HeaderValue::from_static(v));
+        }
+        strip_from_trailers(&mut t);
+        let mut left: Vec<&str> = t.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["grpc-status", "x-checksum"]);
+    }
 
     #[test]
     fn twins_cannot_set_the_gateway_cookie() {

@@ -196,6 +196,21 @@ async fn nginx_auth_request_lets_allowed_requests_through_with_a_verifiable_asse
         .is_some_and(|v| v.starts_with("Bearer")));
     assert_eq!(denied.status, 403, "{}", nginx.error_log());
     assert_eq!(sneaky.status, 403, "{}\n{}", sneaky.body, nginx.error_log());
+    // nginx overwrites its own X-Original-* but passes a client's Traefik-style set on.
+    let spoofed = sync(|| {
+        nginx.get(
+            "/plant-7/sensors",
+            Some(&token),
+            &[("X-Forwarded-Uri", "/plant-7/elsewhere")],
+        )
+    });
+    assert_eq!(
+        spoofed.status,
+        403,
+        "{}\n{}",
+        spoofed.body,
+        nginx.error_log()
+    );
     assert_eq!(up.count(), 1, "refused requests must not reach the twin");
 }
 
@@ -254,6 +269,14 @@ async fn verify_understands_traefik_style_headers_from_a_trusted_peer() {
             ("X-Forwarded-Uri", uri),
         ]
     };
+    // Traefik copies the client's own headers onto the auth request: a client-written nginx
+    // set claiming a read must not stand in for the write Traefik reports.
+    let url = format!("http://{HOST}/plant-7/x");
+    let mut spoofed_read = traefik("POST", HOST, "/plant-7/x");
+    spoofed_read.extend([
+        ("X-Original-URL", url.as_str()),
+        ("X-Original-Method", "GET"),
+    ]);
     let (ok, etl_read, etl_write, other_route, other_host, traversal, none, no_original) =
         sync(|| {
             (
@@ -275,6 +298,10 @@ async fn verify_understands_traefik_style_headers_from_a_trusted_peer() {
                 verify_request(&gw, Some(&sim), &[]),
             )
         });
+    let spoofed = sync(|| verify_request(&gw, Some(&etl), &spoofed_read));
+    assert_eq!(spoofed.status, 403, "{}", spoofed.body);
+    assert!(spoofed.body.contains("disagrees"), "{}", spoofed.body);
+    assert!(spoofed.header("x-twinward-assertion").is_none());
     assert_eq!(ok.status, 200, "{}", ok.body);
     let assertion = ok.header("x-twinward-assertion").expect("assertion header");
     assert!(ok.header("x-twinward-decision-id").is_some());

@@ -19,6 +19,9 @@ async fn allowed_request_reaches_the_twin_with_a_credential_and_nothing_of_the_c
                     ("X-Twinward-Anything", "x"),
                     ("Cookie", "__Host-twinward=stolen; theme=dark"),
                     ("X-Forwarded-For", "6.6.6.6"),
+                    ("X-Forwarded-Port", "8443"),
+                    ("True-Client-IP", "192.168.20.5"),
+                    ("X-Rewrite-URL", "/plant-9/admin"),
                     ("Connection", "close, X-Hop"),
                     ("X-Hop", "must-not-pass"),
                 ],
@@ -46,6 +49,12 @@ async fn allowed_request_reaches_the_twin_with_a_credential_and_nothing_of_the_c
         Some("127.0.0.1"),
         "untrusted peer's X-Forwarded-For must be replaced"
     );
+    for name in ["x-forwarded-port", "true-client-ip", "x-rewrite-url"] {
+        assert!(
+            seen.header(name).is_none(),
+            "the client's {name} must not reach the twin"
+        );
+    }
     assert!(
         seen.header("x-hop").is_none(),
         "header named by Connection must be removed"
@@ -207,4 +216,45 @@ async fn unknown_routes_are_404_without_route_names() {
         .unwrap();
     assert_eq!(r.status, 404);
     assert!(!r.body.contains("plant-7") && !r.body.contains("plant-9"));
+}
+
+/// A method-override header makes some frameworks run another method than the one policy
+/// decided on: one naming a method of another action is refused, on either path.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_method_override_cannot_turn_a_read_into_a_write() {
+    let (up, gw) = two_plants().await;
+    let etl = gw.token("etl", &["data-pipeline"], &[], "1d");
+    let sim = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let addr = gw.addr;
+    let (get_as_delete, lower_case, post_as_patch) = tokio::task::spawn_blocking(move || {
+        (
+            get(
+                addr,
+                "/plant-7/x",
+                Some(&etl),
+                &[("X-HTTP-Method-Override", "DELETE")],
+            ),
+            get(addr, "/plant-7/x", Some(&etl), &[("x-method-override", "PUT")]),
+            raw(
+                addr,
+                &format!(
+                    "POST /plant-7/x HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {sim}\r\n\
+                     X-HTTP-Method-Override: PATCH\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                ),
+            )
+            .unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    for r in [&get_as_delete, &lower_case] {
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("method"), "{}", r.body);
+    }
+    // Of the same action (both writes): passed on as sent.
+    assert_eq!(post_as_patch.status, 200, "{}", post_as_patch.body);
+    let seen = up.last().unwrap();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.header("x-http-method-override"), Some("PATCH"));
+    assert_eq!(up.count(), 1, "refused requests must not reach the twin");
 }

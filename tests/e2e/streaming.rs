@@ -494,10 +494,32 @@ async fn http2_from_clients_and_to_upstreams() {
 
     // HTTP/1.1 client, h2 upstream.
     let addr = gw.addr;
-    let r = blocking(move || get(addr, "/h2/x", Some(&token), &[])).await;
+    let t = token.clone();
+    let r = blocking(move || get(addr, "/h2/x", Some(&t), &[])).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(up.last().unwrap().version, "HTTP/2.0");
     assert_eq!(r.json()["version"], "HTTP/2.0");
+
+    // Trailers reach an h2 twin, but never with what the head may not carry upstream.
+    let request = format!(
+        "POST /h2/ingest HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         5\r\nhello\r\n0\r\n\
+         X-Twinward-Assertion: forged\r\nAuthorization: Bearer twt_forged\r\n\
+         Cookie: __Host-twinward=stolen\r\nX-Forwarded-For: 192.168.20.5\r\n\
+         X-Sim-Checksum: 907d14fb\r\n\r\n"
+    );
+    let r = blocking(move || raw(addr, &request).unwrap()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = up.last().unwrap();
+    assert_eq!(seen.version, "HTTP/2.0");
+    assert_eq!(seen.body_len, 5);
+    assert_eq!(
+        seen.trailers.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["x-sim-checksum"],
+        "{:?}",
+        seen.trailers
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -779,4 +801,79 @@ async fn x_forwarded_for_split_over_several_lines_is_one_chain() {
         "policy saw client {client_ip} (want 198.51.100.7, the hop the trusted proxy added); \
          the upstream got X-Forwarded-For {xff:?} (want \"10.66.0.1, 198.51.100.7, 127.0.0.1\")"
     );
+}
+
+/// Only the header the trusted proxies append is walked, and a hop that names no address
+/// refuses the request: otherwise the client would take the proxy's own address and zone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_proxys_chain_names_the_client_or_the_request_is_refused() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2)],
+        server_extra: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let addr = gw.addr;
+    let (spoofed_forwarded, unknown, unreadable, hyper_unknown) = blocking(move || {
+        (
+            // nginx appends X-Forwarded-For and passes the client's Forwarded on.
+            get(
+                addr,
+                "/plant-7/forwarded",
+                Some(&token),
+                &[
+                    ("Forwarded", "for=192.168.20.5"),
+                    ("X-Forwarded-For", "198.51.100.7"),
+                ],
+            ),
+            get(
+                addr,
+                "/plant-7/unknown",
+                Some(&token),
+                &[("X-Forwarded-For", "192.168.20.5, unknown")],
+            ),
+            raw_bytes(addr, &{
+                let mut req = format!(
+                    "GET /plant-7/unreadable HTTP/1.1\r\nHost: gw.test\r\n\
+                     Authorization: Bearer {token}\r\nX-Forwarded-For: 198.51.100."
+                )
+                .into_bytes();
+                req.push(0xff);
+                req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+                req
+            })
+            .expect("request with an unreadable header"),
+            // A body sends the request down hyper's path instead of the fast path.
+            raw(
+                addr,
+                &format!(
+                    "POST /plant-7/unknown HTTP/1.1\r\nHost: gw.test\r\n\
+                     Authorization: Bearer {token}\r\nX-Forwarded-For: unknown\r\n\
+                     Content-Length: 0\r\nConnection: close\r\n\r\n"
+                ),
+            )
+            .expect("request down hyper's path"),
+        )
+    })
+    .await;
+    assert_eq!(spoofed_forwarded.status, 200, "{}", spoofed_forwarded.body);
+    gw.wait_audit(|e| {
+        e["kind"] == "access"
+            && e["detail"]["path"] == "/plant-7/forwarded"
+            && e["detail"]["client_ip"] == "198.51.100.7"
+    });
+    assert!(
+        up.last().unwrap().header("forwarded").is_none(),
+        "the client's Forwarded must not reach the twin"
+    );
+    for r in [&unknown, &unreadable, &hyper_unknown] {
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(
+            r.body.contains("X-Forwarded-For") || r.body.contains("x-forwarded-for"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(up.count(), 1, "refused requests must not reach the twin");
 }

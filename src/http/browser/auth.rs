@@ -244,7 +244,10 @@ pub async fn callback(
     let Some(b) = Browser::of(&state) else {
         return super::not_configured();
     };
-    let client_ip = crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers).to_string();
+    let client_ip = match crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers) {
+        Ok(ip) => ip.to_string(),
+        Err(e) => return crate::http::proxy::unattested(e, true),
+    };
     let mut ev = AuditEvent::new("signin", "fail", b.now);
     ev.detail = serde_json::json!({ "client_ip": client_ip }).into();
     let fail = |mut ev: AuditEvent,

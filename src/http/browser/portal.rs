@@ -148,7 +148,10 @@ pub async fn portal(
         Ok(l) => l,
         Err(r) => return r,
     };
-    let ip = crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers);
+    let ip = match crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers) {
+        Ok(ip) => ip,
+        Err(e) => return crate::http::proxy::unattested(e, true),
+    };
     portal_page(&b, &live, ip, None, None).await
 }
 
@@ -437,7 +440,10 @@ pub async fn form_token_create(
         twins: all("twin"),
         ttl: field(&f, "ttl").map(str::to_owned),
     };
-    let ip = crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers);
+    let ip = match crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers) {
+        Ok(ip) => ip,
+        Err(e) => return crate::http::proxy::unattested(e, true),
+    };
     match create_token(&b, &live, ask).await {
         Ok((text, _)) => {
             portal_page(
@@ -478,7 +484,10 @@ pub async fn form_token_revoke(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let ip = crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers);
+    let ip = match crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers) {
+        Ok(ip) => ip,
+        Err(e) => return crate::http::proxy::unattested(e, true),
+    };
     let notice = match revoke_own_token(&b, &live, &id).await {
         Ok(()) => "Token revoked.".to_owned(),
         Err(m) => format!("Nothing was revoked: {m}"),
@@ -504,7 +513,10 @@ pub async fn form_passkey_delete(
         return step_up_redirect(&b);
     }
     let s = &live.session;
-    let ip = crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers);
+    let ip = match crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers) {
+        Ok(ip) => ip,
+        Err(e) => return crate::http::proxy::unattested(e, true),
+    };
     let mine = b
         .signin
         .passkeys
@@ -552,7 +564,10 @@ pub async fn form_session_revoke(
         Err(r) => return r,
     };
     let s = &live.session;
-    let ip = crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers);
+    let ip = match crate::http::proxy::client_ip(&b.gw, peer.ip(), &headers) {
+        Ok(ip) => ip,
+        Err(e) => return crate::http::proxy::unattested(e, true),
+    };
     let sessions = b.signin.sessions.list().await.unwrap_or_default();
     let target = sessions
         .iter()

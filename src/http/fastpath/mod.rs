@@ -77,10 +77,15 @@ struct Peer {
 }
 
 impl Peer {
-    fn client_ip(&self, gw: &crate::access::Gateway, headers: &[httparse::Header<'_>]) -> IpAddr {
+    /// `None` when a trusted proxy's header names no client: hyper's path refuses that.
+    fn client_ip(
+        &self,
+        gw: &crate::access::Gateway,
+        headers: &[httparse::Header<'_>],
+    ) -> Option<IpAddr> {
         match &self.direct {
-            Some((ip, _)) => *ip,
-            None => proxy::client_ip(gw, self.addr.ip(), headers),
+            Some((ip, _)) => Some(*ip),
+            None => proxy::client_ip(gw, self.addr.ip(), headers).ok(),
         }
     }
 
@@ -145,7 +150,7 @@ pub async fn serve(
             let complete = matches!(parsed.parse(&bufs.client[..head_len]), Ok(httparse::Status::Complete(n)) if n == head_len);
             let plan = match (complete, parsed.method, parsed.path, parsed.version) {
                 (true, Some(m), Some(t), Some(v)) => {
-                    request::classify(m, t, v, parsed.headers).and_then(|p| plan(state, p))
+                    request::classify(m, t, v, parsed.headers).and_then(|p| plan(state, &peer, p))
                 }
                 _ => None,
             };
@@ -247,14 +252,16 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 /// A plain request for a route the fast path serves.
 struct Plan<'a> {
     req: Plain<'a>,
+    client_ip: IpAddr,
     path: NormalizedPath,
     route: Arc<Route>,
     pool: &'a RawPool,
 }
 
 /// Everything that would send the request elsewhere (a refused path, the gateway's own
-/// endpoints, no route, an HTTP/2 twin) is found here, before anything is decided.
-fn plan<'a>(state: &'a AppState, req: Plain<'a>) -> Option<Plan<'a>> {
+/// endpoints, no route, an HTTP/2 twin, a trusted proxy's header naming no client) is found
+/// here, before anything is decided.
+fn plan<'a>(state: &'a AppState, peer: &Peer, req: Plain<'a>) -> Option<Plan<'a>> {
     let path = path::normalize(req.path).ok()?;
     let p = path.as_str();
     if p.starts_with(RESERVED_PREFIX) || p == "/.twinward" || p == "/.well-known/jwks.json" {
@@ -262,8 +269,10 @@ fn plan<'a>(state: &'a AppState, req: Plain<'a>) -> Option<Plan<'a>> {
     }
     let route = state.gateway.routes.find(Some(req.host), &path)?.clone();
     let pool = state.upstreams.raw(&route)?;
+    let client_ip = peer.client_ip(&state.gateway, req.headers)?;
     Some(Plan {
         req,
+        client_ip,
         path,
         route,
         pool,
@@ -283,7 +292,7 @@ async fn answer(
     let gw = &state.gateway;
     let headers = plan.req.headers;
     let html = error::wants_html(headers);
-    let client_ip = peer.client_ip(gw, headers);
+    let client_ip = plan.client_ip;
     let access = proxy::access_request(
         gw,
         &plan.route,

@@ -2,7 +2,9 @@
 
 use super::super::headers::visible_ascii;
 use super::super::headers::HeaderLines;
-use super::super::proxy::{forwardable_cookies, ASSERTION_HEADER, INBOUND_FORWARDING};
+use super::super::proxy::{
+    forwardable_cookies, ASSERTION_HEADER, INBOUND_FORWARDING, METHOD_OVERRIDE,
+};
 use super::write::{push, push_header};
 
 /// A request the fast path may answer: HTTP/1.1; GET, HEAD, DELETE or OPTIONS (idempotent,
@@ -10,7 +12,7 @@ use super::write::{push, push_header};
 /// body and no framing header at all; an origin-form target of plain URI characters (no
 /// fragment, quote, backslash or non-ASCII: characters parsers disagree on go to hyper);
 /// exactly one readable `Host`; no hop-by-hop header but `Connection: keep-alive` or
-/// `close`.
+/// `close`; no method-override header (hyper's path judges those).
 pub struct Plain<'a> {
     pub method: &'a str,
     /// The path as sent, before normalization.
@@ -78,7 +80,11 @@ pub fn classify<'a>(
                     return None;
                 }
             }
-        } else if NOT_PLAIN.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+        } else if NOT_PLAIN
+            .iter()
+            .chain(&METHOD_OVERRIDE)
+            .any(|n| name.eq_ignore_ascii_case(n))
+        {
             return None;
         }
     }
@@ -131,7 +137,7 @@ pub fn write_upstream_head(out: &mut Vec<u8>, req: &Plain<'_>, path: &str, add: 
         let name = h.name;
         if HANDLED
             .iter()
-            .chain(&INBOUND_FORWARDING)
+            .chain(INBOUND_FORWARDING)
             .any(|n| name.eq_ignore_ascii_case(n))
             || starts_with_ignore_case(name, "x-twinward-")
         {

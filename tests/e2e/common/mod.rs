@@ -44,6 +44,8 @@ pub struct Seen {
     pub headers: BTreeMap<String, Vec<String>>,
     pub body_len: u64,
     pub version: String,
+    /// Trailer fields that came after the body.
+    pub trailers: BTreeMap<String, Vec<String>>,
 }
 
 impl Seen {
@@ -122,11 +124,18 @@ async fn echo(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response<F
     let slow = target.contains("/slow");
     let mut body = req.into_body();
     let mut body_len = 0u64;
+    let mut trailers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => {
                 if let Some(d) = f.data_ref() {
                     body_len += d.len() as u64;
+                }
+                for (k, v) in f.trailers_ref().into_iter().flatten() {
+                    trailers
+                        .entry(k.as_str().to_owned())
+                        .or_default()
+                        .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
                 }
             }
             Err(_) => break,
@@ -138,6 +147,7 @@ async fn echo(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response<F
         headers,
         body_len,
         version,
+        trailers,
     };
     let json = serde_json::json!({
         "method": s.method, "target": s.target, "headers": s.headers, "body_len": s.body_len, "version": s.version,
