@@ -214,6 +214,25 @@ async fn connect_tcp(
 /// A pooled plain connection's read buffer: room for a typical response head and body.
 const RAW_BUFFER: usize = 16 * 1024;
 
+/// Whether an idle twin connection has nothing to read. Bytes there (a late body to a HEAD,
+/// bytes past a length, an unsolicited 408) would be read as the next request's response,
+/// which may be another user's; end-of-stream means the twin closed it.
+fn quiet(stream: &tokio::net::TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut probe = 0u8;
+    // SAFETY: a one-byte buffer that lives across the call; MSG_PEEK leaves the byte in
+    // the socket and MSG_DONTWAIT keeps the call from blocking.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            std::ptr::addr_of_mut!(probe).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
 /// One route's idle HTTP/1.1 connections for the fast path: plain sockets, each with the
 /// bytes read from it but not yet used.
 pub struct RawPool {
@@ -229,7 +248,7 @@ pub struct RawConn {
 
 impl RawPool {
     pub fn checkout(&self) -> Option<RawConn> {
-        self.idle.checkout(|_| true)
+        self.idle.checkout(|c| quiet(&c.stream))
     }
 
     pub async fn connect(&self) -> Result<RawConn, UpstreamError> {

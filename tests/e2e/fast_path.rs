@@ -565,3 +565,82 @@ async fn shutdown_answers_the_request_in_flight_then_closes_the_connection() {
         .unwrap_or(0);
     assert_eq!(n, 0, "no more bytes, then the connection closes");
 }
+
+/// A twin that sends bytes after its answer, while the connection idles: a body to a HEAD,
+/// or bytes past a Content-Length, shaped like a response. Whatever request takes that
+/// connection next would read them as its answer, and that may be another user's request.
+#[tokio::test(flavor = "multi_thread")]
+async fn late_bytes_from_a_twin_never_answer_the_next_request() {
+    const LATE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ninjected";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let c = connections.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(end) = read_until_head_end(&mut s, &mut buf).await {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let (now, later): (&[u8], &[u8]) = match path.as_str() {
+                        "/plant-7/late-head-body" => {
+                            (b"HTTP/1.1 200 OK\r\nContent-Length: 43\r\n\r\n", LATE)
+                        }
+                        "/plant-7/late-extra" => {
+                            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", LATE)
+                        }
+                        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal", b""),
+                    };
+                    if s.write_all(now).await.is_err() {
+                        return;
+                    }
+                    if !later.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if s.write_all(later).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (gw, token) = one_worker_gateway(addr);
+    let ask = |method: &str, path: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        )
+    };
+    // Asked at once, the next request would meet the late bytes on a connection that
+    // looked quiet when taken: a HEAD's connection is not pooled at all. Asked later, the
+    // idle connection is found with bytes on it and dropped.
+    for (method, path, wait) in [
+        ("HEAD", "/plant-7/late-head-body", 0),
+        ("HEAD", "/plant-7/late-head-body", 300),
+        ("GET", "/plant-7/late-extra", 300),
+    ] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(ask(method, path).as_bytes()).await.unwrap();
+        let first = read_response(&mut s, &mut Vec::new(), method).await;
+        assert_eq!(first.status, 200, "{path}: {first:?}");
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let before = connections.load(Ordering::SeqCst);
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(ask("GET", "/plant-7/next").as_bytes())
+            .await
+            .unwrap();
+        let next = read_response(&mut s, &mut Vec::new(), "GET").await;
+        assert_eq!(
+            String::from_utf8_lossy(&next.body),
+            "real",
+            "after {path} ({wait} ms) the next request read the twin's late bytes"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), before + 1, "{path}");
+        // Let the twin's late write land before the next round.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    task.abort();
+}

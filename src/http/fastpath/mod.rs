@@ -431,7 +431,12 @@ async fn forward(
     let mut sent = false;
     match relay_body(&mut conn, head.framing, stream, out, &mut sent).await {
         Ok(()) => {
-            if head.keep_alive && conn.buf.is_empty() {
+            // After a bodiless answer to a HEAD, or a 204/304 that announced a body, a naive
+            // twin may still send that body later, on a connection another request would
+            // take: those are not pooled.
+            let body_may_follow =
+                head.framing == Framing::Empty && (head_request || head.body_announced);
+            if head.keep_alive && conn.buf.is_empty() && !body_may_follow {
                 plan.pool.put_back(conn);
             }
             (head.status, true)

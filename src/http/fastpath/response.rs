@@ -25,6 +25,10 @@ pub struct Head {
     pub framing: Framing,
     /// The twin keeps the connection open after this response.
     pub keep_alive: bool,
+    /// The twin announced a body (a length above zero, or chunked) that the response's
+    /// semantics say is not there (HEAD, 204, 304): a twin that sends it anyway leaves
+    /// bytes on the connection.
+    pub body_announced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -174,6 +178,7 @@ pub fn translate_head(
             status,
             framing,
             keep_alive: !connection_close && framing != Framing::UntilClose,
+            body_announced: chunked || length.is_some_and(|n| n > 0),
         },
     ))
 }
