@@ -634,6 +634,7 @@ async fn forward(
         });
         let (mut parts, _) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);
+        strip_gateway_set_cookies(&mut parts.headers);
         return Response::from_parts(parts, Body::empty());
     }
 

@@ -270,6 +270,14 @@ async fn ws_connect(
     match tokio_tungstenite::client_async(req, stream).await {
         Ok((ws, resp)) => {
             assert_eq!(resp.status(), 101);
+            // A twin must not plant or end a gateway session through the handshake either.
+            let cookies: Vec<&str> = resp
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            assert_eq!(cookies, ["theme=dark"], "cookies the 101 carried");
             Ok(ws)
         }
         Err(tungstenite::Error::Http(resp)) => Err(Box::new(resp)),

@@ -163,7 +163,8 @@ async fn echo(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response<F
         .unwrap()
 }
 
-/// A websocket server that echoes every message.
+/// A websocket server that echoes every message. Its handshake answer tries to plant the
+/// gateway's session cookie, next to a cookie of its own.
 pub struct WsUpstream {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -186,7 +187,18 @@ impl WsUpstream {
                     continue;
                 };
                 tokio::spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    let plant = |_: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                                 mut resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                        for c in ["__Host-twinward=planted; Path=/; Secure", "theme=dark"] {
+                            resp.headers_mut().append(
+                                "set-cookie",
+                                tokio_tungstenite::tungstenite::http::HeaderValue::from_static(c),
+                            );
+                        }
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, plant).await
+                    else {
                         return;
                     };
                     while let Some(Ok(msg)) = ws.next().await {
