@@ -229,7 +229,8 @@ mod tests {
             Head {
                 status: 200,
                 framing: Framing::Length(5),
-                keep_alive: true
+                keep_alive: true,
+                body_announced: true,
             }
         );
         assert_eq!(
@@ -246,7 +247,8 @@ mod tests {
             Head {
                 status: 200,
                 framing: Framing::Chunked,
-                keep_alive: false
+                keep_alive: false,
+                body_announced: true,
             }
         );
         assert!(text.contains("transfer-encoding: chunked\r\n") && text.contains("date: "));
@@ -256,6 +258,20 @@ mod tests {
         )
         .unwrap();
         assert!(!h.keep_alive);
+        // A 204 or 304 announcing a body, or any answer to a HEAD, has none here, but the
+        // twin may still send one: the pool must know.
+        let (h, _) = head(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(h.framing == Framing::Empty && h.body_announced);
+        let (h, _) = head(
+            "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(h.framing == Framing::Empty && !h.body_announced);
         let (h, text) = head("HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
         assert_eq!(h.framing, Framing::UntilClose);
         assert!(!h.keep_alive && text.contains("transfer-encoding: chunked"));

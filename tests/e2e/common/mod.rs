@@ -163,6 +163,25 @@ async fn echo(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response<F
         .unwrap()
 }
 
+/// The websocket twin's handshake answer, with a try at planting the gateway's cookie.
+// The error type is tungstenite's, fixed by its callback trait.
+#[allow(clippy::result_large_err)]
+fn plant_cookies(
+    _: &tokio_tungstenite::tungstenite::handshake::server::Request,
+    mut resp: tokio_tungstenite::tungstenite::handshake::server::Response,
+) -> Result<
+    tokio_tungstenite::tungstenite::handshake::server::Response,
+    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
+> {
+    for c in ["__Host-twinward=planted; Path=/; Secure", "theme=dark"] {
+        resp.headers_mut().append(
+            "set-cookie",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(c),
+        );
+    }
+    Ok(resp)
+}
+
 /// A websocket server that echoes every message. Its handshake answer tries to plant the
 /// gateway's session cookie, next to a cookie of its own.
 pub struct WsUpstream {
@@ -187,17 +206,8 @@ impl WsUpstream {
                     continue;
                 };
                 tokio::spawn(async move {
-                    let plant = |_: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                                 mut resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
-                        for c in ["__Host-twinward=planted; Path=/; Secure", "theme=dark"] {
-                            resp.headers_mut().append(
-                                "set-cookie",
-                                tokio_tungstenite::tungstenite::http::HeaderValue::from_static(c),
-                            );
-                        }
-                        Ok(resp)
-                    };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, plant).await
+                    let Ok(mut ws) =
+                        tokio_tungstenite::accept_hdr_async(stream, plant_cookies).await
                     else {
                         return;
                     };
