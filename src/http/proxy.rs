@@ -77,6 +77,9 @@ pub use super::cookies::GATEWAY_COOKIES;
 pub struct UploadBody {
     inner: Incoming,
     done: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The same, for the connection pool: a connection whose twin answered before the
+    /// body was through is still uploading and must not serve another request.
+    finished: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl UploadBody {
@@ -85,6 +88,7 @@ impl UploadBody {
         let mut b = UploadBody {
             inner,
             done: Some(tx),
+            finished: Arc::default(),
         };
         if hyper::body::Body::is_end_stream(&b.inner) {
             b.finish();
@@ -93,9 +97,16 @@ impl UploadBody {
     }
 
     fn finish(&mut self) {
+        self.finished
+            .store(true, std::sync::atomic::Ordering::Release);
         if let Some(tx) = self.done.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Turns true once the body has been sent completely.
+    pub fn finished(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.finished.clone()
     }
 }
 

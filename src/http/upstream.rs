@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -292,8 +293,9 @@ impl Http1Pool {
                 }
                 continue; // the twin closed this idle connection; try another
             }
+            let uploaded = req.body().finished();
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.track(resp, sender)),
+                Ok(resp) => return Ok(self.track(resp, sender, uploaded)),
                 Err(mut e) => match e.take_message() {
                     // Not a byte of it was written: safe to send again on another connection.
                     Some(unsent) if !fresh => req = unsent,
@@ -327,6 +329,7 @@ impl Http1Pool {
         self: &Arc<Self>,
         resp: Response<Incoming>,
         sender: SendRequest<UploadBody>,
+        uploaded: Arc<AtomicBool>,
     ) -> Response<UpstreamBody> {
         // After a protocol switch the connection belongs to the upgraded stream.
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -338,7 +341,7 @@ impl Http1Pool {
         let (parts, inner) = resp.into_parts();
         let mut body = UpstreamBody {
             inner,
-            back: Some((sender, self.clone())),
+            back: Some((sender, self.clone(), uploaded)),
         };
         if body.inner.is_end_stream() {
             body.release();
@@ -350,13 +353,18 @@ impl Http1Pool {
 /// A response body from an upstream; returns its connection to the pool once read through.
 pub struct UpstreamBody {
     inner: Incoming,
-    back: Option<(SendRequest<UploadBody>, Arc<Http1Pool>)>,
+    back: Option<(SendRequest<UploadBody>, Arc<Http1Pool>, Arc<AtomicBool>)>,
 }
 
 impl UpstreamBody {
+    /// Pools the connection, unless the twin answered before the request body was through:
+    /// that connection is still uploading, and the next request would wait on it. It closes
+    /// once the upload ends.
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.back.take() {
-            pool.put_back(sender);
+        if let Some((sender, pool, uploaded)) = self.back.take() {
+            if uploaded.load(Ordering::Acquire) {
+                pool.put_back(sender);
+            }
         }
     }
 }

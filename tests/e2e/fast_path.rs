@@ -644,3 +644,70 @@ async fn late_bytes_from_a_twin_never_answer_the_next_request() {
     }
     task.abort();
 }
+
+/// A twin may answer before the request body is through (a 413 to an upload, say). That
+/// connection is still uploading: handed to the next request, it would keep that request
+/// waiting for as long as the first client cares to trickle its body.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_still_uploading_is_not_handed_to_the_next_request() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let Some(end) = read_until_head_end(&mut s, &mut buf).await else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                if head.starts_with("POST /plant-7/upload ") {
+                    // Answer at once, then drain whatever body comes, for as long as it comes.
+                    let _ = s
+                        .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    let mut sink = [0u8; 8192];
+                    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                } else {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+                        .await;
+                }
+            });
+        }
+    });
+    let (gw, token) = one_worker_gateway(addr);
+    let mut uploader = TcpStream::connect(gw.addr).await.unwrap();
+    uploader
+        .write_all(
+            format!(
+                "POST /plant-7/upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Length: 1000000\r\n\r\n0123456789"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let early = read_response(&mut uploader, &mut Vec::new(), "POST").await;
+    assert_eq!(early.status, 413, "{early:?}");
+    // The uploader keeps its connection open and sends nothing more. The next request with
+    // a body (so hyper's pool serves it) must not wait for that upload.
+    let next = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(
+            format!(
+                "POST /plant-7/next HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Length: 2\r\nConnection: close\r\n\r\nhi"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        read_response(&mut s, &mut Vec::new(), "POST").await
+    })
+    .await
+    .expect("the next request waited on a connection still uploading");
+    assert_eq!(next.status, 200, "{next:?}");
+    assert_eq!(next.body, b"next");
+    drop(uploader);
+    task.abort();
+}
