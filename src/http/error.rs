@@ -245,6 +245,7 @@ pub fn bad_gateway(detail: &str, decision_id: &str) -> Response<Body> {
 
 pub const UNREACHABLE: &str = "the twin service is unreachable";
 pub const SWITCHED_UNASKED: &str = "the twin service switched protocols unasked";
+pub const CANNOT_PASS_ON: &str = "the twin service sent a response the gateway cannot pass on";
 
 /// 500: an allowed request whose credential could not be attached (fail closed).
 pub fn credential_unattached(decision_id: &str, html: bool) -> Response<Body> {

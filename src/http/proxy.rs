@@ -649,6 +649,15 @@ async fn forward(
         return Response::from_parts(parts, Body::empty());
     }
 
+    // Both framings at once: the twin and the gateway may end the body in different places
+    // (RFC 9112 §6.3). hyper's client reads it as chunked but keeps the length, by which
+    // the client would then be answered. Refused, as on the fast path.
+    if resp.headers().contains_key(header::TRANSFER_ENCODING)
+        && resp.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        tracing::warn!(route = %cfg.name, decision_id, "twin response with both Transfer-Encoding and Content-Length");
+        return error::bad_gateway(error::CANNOT_PASS_ON, decision_id);
+    }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     strip_gateway_set_cookies(&mut parts.headers);

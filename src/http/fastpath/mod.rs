@@ -348,8 +348,6 @@ enum Failure {
     Timeout,
 }
 
-const CANNOT_PASS_ON: &str = "the twin service sent a response the gateway cannot pass on";
-
 /// Forwards an allowed request and relays the answer; returns the status the client got
 /// and whether the client connection is still usable.
 #[allow(clippy::too_many_arguments)]
@@ -416,7 +414,7 @@ async fn forward(
                 tracing::warn!(route = %cfg.name, decision_id, error = %failure, "upstream unreachable");
                 let detail = match failure {
                     Failure::Response(BadResponse::Switched) => error::SWITCHED_UNASKED,
-                    Failure::Response(_) | Failure::HeadTooLong => CANNOT_PASS_ON,
+                    Failure::Response(_) | Failure::HeadTooLong => error::CANNOT_PASS_ON,
                     _ => error::UNREACHABLE,
                 };
                 error::bad_gateway(detail, decision_id)
@@ -446,7 +444,7 @@ async fn forward(
             // reached the client: it gets a 502 instead.
             tracing::warn!(route = %cfg.name, decision_id = %grant.decision_id, error = %e, "bad twin response");
             out.clear();
-            let resp = error::bad_gateway(CANNOT_PASS_ON, &grant.decision_id);
+            let resp = error::bad_gateway(error::CANNOT_PASS_ON, &grant.decision_id);
             (
                 502,
                 write_response(stream, out, resp, head_request, close, gw.now()).await,
