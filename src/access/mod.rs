@@ -148,6 +148,13 @@ impl Gateway {
         let started = std::time::Instant::now();
         let now = self.clock.now();
         let decision_id = audit::new_id();
+        if self.audit.is_failing() {
+            self.metrics.count_decision("error");
+            return Err(Refused {
+                decision_id,
+                refusal: Refusal::Unavailable,
+            });
+        }
         let route = &req.route.config;
         let action = Action::from_method(req.method);
         let mut event = AuditEvent::with_id(decision_id.clone(), "access", "deny", now);
@@ -417,6 +424,12 @@ impl Gateway {
     ) -> Result<Arc<Credential>, Refused> {
         let now = self.clock.now();
         let decision_id = audit::new_id();
+        if self.audit.is_failing() {
+            return Err(Refused {
+                decision_id,
+                refusal: Refusal::Unavailable,
+            });
+        }
         let cfg = &route.config;
         let mut event = AuditEvent::with_id(decision_id.clone(), "token.exchange", "deny", now);
         event.route = Some(cfg.name.as_str().into());

@@ -52,6 +52,7 @@ const CALM: usize = CHUNK;
 pub struct AuditSink {
     tx: mpsc::Sender<AuditEvent>,
     pressure: Arc<Pressure>,
+    failing: Arc<AtomicBool>,
 }
 
 /// Raised when the queue grows past [`PRESSURE`]; the pressure writer waits for it.
@@ -88,6 +89,8 @@ struct Drain {
     done: usize,
     /// The queue is closed and everything that was in it appended.
     finished: bool,
+    /// The last append failed: storage is not taking events.
+    failing: Arc<AtomicBool>,
 }
 
 impl Drain {
@@ -140,10 +143,12 @@ impl Drain {
         let chunk = &self.taken[self.done..end];
         let mut delay = Duration::from_millis(50);
         while let Err(e) = (self.append)(chunk) {
+            self.failing.store(true, Ordering::Release);
             tracing::error!(error = %e, pending = chunk.len(), "audit append failed; retrying");
             std::thread::sleep(delay);
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+        self.failing.store(false, Ordering::Release);
         self.metrics.appended.inc_by(chunk.len() as u64);
         self.done = end;
         self.report_queued();
@@ -230,6 +235,7 @@ impl AuditSink {
             Some(a) => a.append(events),
             None => runtime.block_on(store.append_audit(events)),
         });
+        let failing = Arc::new(AtomicBool::new(false));
         let drain = Arc::new(Mutex::new(Drain {
             rx,
             append,
@@ -237,6 +243,7 @@ impl AuditSink {
             taken: Vec::with_capacity(BATCH),
             done: 0,
             finished: false,
+            failing: failing.clone(),
         }));
         let pressure = Arc::new(Pressure {
             raised: AtomicBool::new(false),
@@ -262,6 +269,7 @@ impl AuditSink {
             AuditSink {
                 tx,
                 pressure: pressure.clone(),
+                failing,
             },
             AuditTask {
                 background,
@@ -269,6 +277,13 @@ impl AuditSink {
                 signal: pressure,
             },
         ))
+    }
+
+    /// Storage is refusing events (the writer is retrying). Decisions are refused meanwhile
+    /// (fail closed): one that cannot be recorded is not made, and the events already
+    /// queued are the most that a crash in that time could lose.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
     }
 
     /// Queues an event; waits only when the queue is full (backpressure, never loss).

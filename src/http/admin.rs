@@ -123,9 +123,15 @@ async fn revoke(
     }
 }
 
-/// Ready when a policy set is loaded and storage answers.
+/// Ready when a policy set is loaded, storage answers and the audit log takes events.
 async fn readyz(State(gw): State<Arc<Gateway>>) -> (StatusCode, String) {
     let generation = gw.engine.current().generation;
+    if gw.audit.is_failing() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the audit log is not taking events\n".to_owned(),
+        );
+    }
     match gw.store.ping().await {
         Ok(()) => (
             StatusCode::OK,

@@ -484,6 +484,58 @@ async fn audit_verify_finds_edits_and_deletions_made_behind_the_gateways_back() 
     assert!(text.contains("seq 3") && text.contains("gap"), "{text}");
 }
 
+/// While the audit log takes no events, no decision is made (503, not ready); once it takes
+/// them again, the events queued meanwhile are in it, in one intact chain.
+#[tokio::test(flavor = "multi_thread")]
+async fn decisions_stop_while_the_audit_log_takes_no_events() {
+    let (_up, gw) = two_plants().await;
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let db = gateway_db(&gw);
+    let poll = |want: u16, path: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let r = get(gw.addr, path, Some(&token), &[]);
+            if r.status == want || std::time::Instant::now() > deadline {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    sync(|| {
+        assert_eq!(
+            get(gw.addr, "/plant-7/before", Some(&token), &[]).status,
+            200
+        );
+        sqlite_exec(
+            &db,
+            "CREATE TRIGGER audit_blocked BEFORE INSERT ON audit_events \
+             BEGIN SELECT RAISE(ABORT, 'blocked'); END;",
+        );
+        // Decided before the writer meets the failure: queued, not lost.
+        get(gw.addr, "/plant-7/queued", Some(&token), &[]);
+        let refused = poll(503, "/plant-7/during");
+        assert_eq!(refused.status, 503, "{}", refused.body);
+        assert!(refused.body.contains("decision_id"), "{}", refused.body);
+        let ready = admin_get(&gw, "/readyz");
+        assert_eq!(ready.status, 503, "{}", ready.body);
+        assert!(ready.body.contains("audit"), "{}", ready.body);
+        sqlite_exec(&db, "DROP TRIGGER audit_blocked;");
+        let back = poll(200, "/plant-7/after");
+        assert_eq!(back.status, 200, "{}", back.body);
+        assert_eq!(admin_get(&gw, "/readyz").status, 200);
+    });
+    gw.wait_audit(|e| e["detail"]["path"] == "/plant-7/after");
+    let paths: Vec<String> = gw
+        .audit()
+        .iter()
+        .filter(|e| e["kind"] == "access")
+        .filter_map(|e| e["detail"]["path"].as_str().map(str::to_owned))
+        .collect();
+    assert!(paths.contains(&"/plant-7/queued".to_owned()), "{paths:?}");
+    let out = gw.cli(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn health_readiness_and_metrics_are_on_the_admin_listener_only() {
     let (up, gw) = two_plants().await;
