@@ -171,7 +171,7 @@ enum TokenCmd {
         owner: String,
     },
     List(ConfigArg),
-    /// Revoke by token id (or a unique prefix of it).
+    /// Revoke by token id (or a unique prefix of it, at least 6 characters).
     Revoke {
         #[command(flatten)]
         cfg: ConfigArg,
@@ -348,7 +348,7 @@ fn passkey(cmd: PasskeyCmd) -> Result<ExitCode, Failure> {
     let cfg = load_config(&cfg.config)?;
     let rt = runtime_for(None)?;
     rt.block_on(async move {
-        let store = twinward::storage::open(&cfg.storage.url)
+        let store = twinward::storage::open_existing(&cfg.storage.url)
             .await
             .map_err(runtime)?;
         match cmd {
@@ -707,9 +707,9 @@ fn eval(a: EvalArgs) -> Result<ExitCode, Failure> {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
         {
-            let out = match serde_json::from_str::<testcases::Query>(line) {
+            let out = match serde_json::from_str::<testcases::BatchLine>(line) {
                 Err(e) => serde_json::json!({"line": i + 1, "error": e.to_string()}),
-                Ok(q) => match testcases::evaluate(&l, &q, &extra, &tz) {
+                Ok(q) => match testcases::evaluate(&l, &q.into(), &extra, &tz) {
                     Ok(d) => {
                         serde_json::json!({"line": i + 1, "decision": if d.allow {"allow"} else {"deny"}, "determining": d.determining, "errors": d.errors})
                     }
@@ -746,7 +746,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode, Failure> {
     };
     let q = testcases::Query {
         principal: p,
-        action,
+        action: action.into(),
         resource: resource.into(),
         context,
     };
@@ -778,7 +778,13 @@ fn token(cmd: TokenCmd) -> Result<ExitCode, Failure> {
     let cfg = load_config(&path)?;
     let rt = runtime_for(None)?;
     rt.block_on(async move {
-        let store = twinward::storage::open(&cfg.storage.url).await.map_err(runtime)?;
+        // A token may be made before the gateway first starts; listing or revoking one
+        // needs the database that holds them.
+        let store = match &cmd {
+            TokenCmd::Create { .. } => twinward::storage::open(&cfg.storage.url).await,
+            _ => twinward::storage::open_existing(&cfg.storage.url).await,
+        }
+        .map_err(runtime)?;
         let now = SystemClock.now();
         match cmd {
             TokenCmd::Create { service_account, roles, twins, ttl, owner, .. } => {
@@ -814,7 +820,11 @@ fn token(cmd: TokenCmd) -> Result<ExitCode, Failure> {
                     store.append_audit(&[ev]).await.map_err(runtime)?;
                     println!("revoked {} ({})", rec.id, rec.service_account);
                 }
-                Ok(None) => return Err(usage(anyhow!("no token with id {id:?}"))),
+                Ok(None) => {
+                    return Err(usage(anyhow!(
+                        "no token with id {id:?} (give the id `token list` shows, or a unique prefix of at least 6 characters)"
+                    )))
+                }
                 Err(twinward::storage::StorageError::Conflict(m)) => return Err(usage(anyhow!(m))),
                 Err(e) => return Err(runtime(e)),
             },
@@ -872,7 +882,7 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode, Failure> {
     let cfg = load_config(&a.config)?;
     let rt = runtime_for(None)?;
     rt.block_on(async move {
-        let store = twinward::storage::open(&cfg.storage.url)
+        let store = twinward::storage::open_existing(&cfg.storage.url)
             .await
             .map_err(runtime)?;
         const PAGE: i64 = 5000;

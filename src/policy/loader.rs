@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 pub const SCHEMA_JSON_FILE: &str = "schema.cedarschema.json";
 pub const ENTITIES_FILE: &str = "entities.json";
+/// Entity types the gateway builds per request, never loaded from files.
+const PRINCIPAL_TYPES: [&str; 2] = ["Twinward::User", "Twinward::ServiceAccount"];
 
 /// Where a policy was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +231,21 @@ pub fn load_dir(dir: &Path) -> Result<PolicyBundle, Vec<PolicyProblem>> {
                         .filter(|e| e.uid().type_name().basename() != "Action")
                         .cloned()
                         .collect();
+                    // A principal is built for each request from its token or session; one
+                    // declared here would be used by `policy test` but not by the gateway.
+                    for e in &entities {
+                        let uid = e.uid();
+                        if PRINCIPAL_TYPES.contains(&uid.type_name().to_string().as_str()) {
+                            let at = text.find(&format!("\"{}\"", uid.id().unescaped()));
+                            problems.push(problem(
+                                ENTITIES_FILE,
+                                at.map(|o| line_col(text, o)),
+                                format!(
+                                    "declares the principal {uid}: principals come from API tokens and sessions (roles from the token or the sign-in), not from {ENTITIES_FILE}"
+                                ),
+                            ));
+                        }
+                    }
                 }
                 Err(e) => problems.push(diagnostic(ENTITIES_FILE, text, &e)),
             }
@@ -330,6 +347,25 @@ mod tests {
         let ids: Vec<String> = b.policies.policies().map(|p| p.id().to_string()).collect();
         assert!(ids.contains(&"viewers-read".to_owned()), "{ids:?}");
         assert!(ids.contains(&"a.cedar:4:3".to_owned()), "{ids:?}");
+    }
+
+    #[test]
+    fn principals_declared_in_entities_json_are_refused() {
+        let d = dir_with(&[
+            ("schema.cedarschema", SCHEMA),
+            ("ok.cedar", "permit(principal, action, resource);\n"),
+            (
+                "entities.json",
+                "[\n  { \"uid\": { \"type\": \"Twinward::Role\", \"id\": \"ops\" }, \"attrs\": {}, \"parents\": [] },\n  { \"uid\": { \"type\": \"Twinward::ServiceAccount\", \"id\": \"ci\" }, \"attrs\": { \"owner\": \"ops\" },\n    \"parents\": [ { \"type\": \"Twinward::Role\", \"id\": \"ops\" } ] }\n]\n",
+            ),
+        ]);
+        let p = load_dir(d.path()).unwrap_err();
+        assert!(
+            p.iter().any(|p| p.file == "entities.json"
+                && p.position.map(|x| x.0) == Some(3)
+                && p.message.contains("Twinward::ServiceAccount::\"ci\"")),
+            "{p:?}"
+        );
     }
 
     #[test]

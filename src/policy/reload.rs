@@ -44,7 +44,9 @@ pub fn spawn_watcher(
     report: impl Fn(ReloadOutcome) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut last = super::loader::fingerprint(&dir);
+        // The files as they were when the set in force was read, not as they are now: an
+        // edit made between the load at start and this task would otherwise go unnoticed.
+        let mut last = engine.current().bundle.file_hashes.clone();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -73,4 +75,46 @@ pub fn spawn_watcher(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy_shipped(to: &Path) {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        for e in std::fs::read_dir(&from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    /// An edit made after the set was loaded but before the watcher started is still seen.
+    #[tokio::test]
+    async fn an_edit_before_the_watcher_starts_is_loaded() {
+        let d = tempfile::tempdir().unwrap();
+        copy_shipped(d.path());
+        let engine = Arc::new(Engine::load(d.path(), Vec::new()).unwrap());
+        let before = engine.current().generation;
+        std::fs::write(
+            d.path().join("added.cedar"),
+            "@id(\"added\")\npermit(principal, action == Twinward::Action::\"read\", resource) when { false };\n",
+        )
+        .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = spawn_watcher(engine.clone(), d.path().to_owned(), true, move |o| {
+            let _ = tx.send(o);
+        });
+        let outcome = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the edit was never loaded")
+            .unwrap();
+        watcher.abort();
+        assert!(
+            matches!(outcome, ReloadOutcome::Loaded { generation, .. } if generation > before),
+            "{outcome:?}"
+        );
+    }
 }

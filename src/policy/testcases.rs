@@ -68,10 +68,55 @@ pub enum Expect {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Query {
     pub principal: serde_json::Value,
-    pub action: String,
+    /// `"read"`, `"Twinward::Action::\"read\""` or `{"type": "Twinward::Action", "id": "read"}`.
+    pub action: serde_json::Value,
     pub resource: serde_json::Value,
     #[serde(default)]
     pub context: Option<serde_json::Value>,
+}
+
+/// One line of `policy eval --batch`: these four fields and no other, so a misspelled one
+/// (`"contxt"`) is an error rather than a question asked with the default context.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchLine {
+    principal: serde_json::Value,
+    action: serde_json::Value,
+    resource: serde_json::Value,
+    #[serde(default)]
+    context: Option<serde_json::Value>,
+}
+
+impl From<BatchLine> for Query {
+    fn from(b: BatchLine) -> Query {
+        Query {
+            principal: b.principal,
+            action: b.action,
+            resource: b.resource,
+            context: b.context,
+        }
+    }
+}
+
+/// The action of a query, in any of the forms [`Query::action`] names.
+pub fn parse_action(v: &serde_json::Value) -> Result<Action, String> {
+    let name = match v {
+        serde_json::Value::String(s) => match EntityUid::from_str(s) {
+            Ok(uid) if uid.type_name().to_string() == format!("{}::Action", super::NAMESPACE) => {
+                uid.id().unescaped().to_owned()
+            }
+            _ => s.clone(),
+        },
+        serde_json::Value::Object(_) => {
+            let uid = parse_uid(v)?;
+            if uid.type_name().basename() != "Action" {
+                return Err(format!("action {uid} is not a Twinward::Action"));
+            }
+            uid.id().unescaped().to_owned()
+        }
+        other => return Err(format!("action {other} is not a name or an entity")),
+    };
+    Action::parse(&name).ok_or_else(|| format!("action {name:?} is not read, write or admin"))
 }
 
 /// `"Twinward::User::\"alice\""` or `{"type": "Twinward::User", "id": "alice"}`
@@ -120,8 +165,7 @@ pub fn evaluate(
             ))
         }
     };
-    let action = Action::parse(&q.action)
-        .ok_or_else(|| format!("action {:?} is not read, write or admin", q.action))?;
+    let action = parse_action(&q.action)?;
     let resource = parse_uid(&q.resource)?;
     let id = puid.id().unescaped().to_owned();
     let principal = match extra.iter().find(|e| e.uid() == puid) {

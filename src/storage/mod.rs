@@ -157,6 +157,21 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Opens the store a URL names, applying migrations.
+/// [`open`] for commands that only read or change what is stored (`audit verify`,
+/// `token list`, …): a database file that is not there is an error naming the path, not an
+/// empty database made on the spot, which would pass for an intact, empty audit log.
+pub async fn open_existing(url: &str) -> Result<std::sync::Arc<dyn Store>, StorageError> {
+    if let Some(path) = sqlite::file_path(url) {
+        if !path.exists() {
+            return Err(StorageError::Unavailable(format!(
+                "no database at {} (the gateway creates it when it first starts; check storage.url)",
+                path.display()
+            )));
+        }
+    }
+    open(url).await
+}
+
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StorageError> {
     if url.starts_with("sqlite://") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))

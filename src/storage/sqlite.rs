@@ -14,6 +14,9 @@ use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
 
+/// Token ids are matched by prefix (`token revoke 0193a0b1`) from this many characters on.
+const MIN_ID_PREFIX: usize = 6;
+
 pub struct SqliteStore {
     pool: SqlitePool,
     /// The database file, for the audit writer's own connection (`None` in memory).
@@ -21,7 +24,7 @@ pub struct SqliteStore {
 }
 
 /// The file a `sqlite:` URL names, if it names one.
-fn file_path(url: &str) -> Option<std::path::PathBuf> {
+pub(super) fn file_path(url: &str) -> Option<std::path::PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
@@ -300,7 +303,14 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'a, Result<Option<TokenRecord>, StorageError>> {
         Box::pin(async move {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let pattern = format!("{}%", id.replace(['%', '_'], ""));
+            // A prefix names a token only when it is long enough to mean one: an empty one
+            // (or `%`) would match every token and revoke the only one there is.
+            let prefix = id.replace(['%', '_'], "");
+            let pattern = if prefix.len() >= MIN_ID_PREFIX {
+                format!("{prefix}%")
+            } else {
+                prefix
+            };
             let rows = sqlx::query(&format!(
                 "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ? OR id LIKE ?"
             ))
@@ -784,6 +794,25 @@ mod tests {
             Some(5)
         );
         assert!(s.revoke_token("nope", 5).await.unwrap().is_none());
+        // Too short to name one token: nothing is matched, whatever is stored.
+        let t2 = crate::identity::api_token::generate([8; 32]);
+        let other = TokenRecord {
+            id: "0194ffff-bbbb".into(),
+            hash: t2.hash,
+            ..rec.clone()
+        };
+        s.insert_token(&other).await.unwrap();
+        for short in ["", "%", "_", "%%%%%%%", "0194"] {
+            assert!(
+                s.revoke_token(short, 6).await.unwrap().is_none(),
+                "{short:?}"
+            );
+        }
+        assert_eq!(
+            s.token_by_hash(t2.hash).await.unwrap().unwrap().revoked_at,
+            None
+        );
+        assert!(s.revoke_token("0194ff", 6).await.unwrap().is_some());
     }
 
     /// A database file made without the store's settings, as an older release made it.

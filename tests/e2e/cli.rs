@@ -319,6 +319,9 @@ fn policy_eval_explains_single_requests_and_batches() {
             r#"{"principal": {"type": "Twinward::User", "id": "vera", "roles": ["twin-viewer"]}, "action": "read", "resource": "Twinward::Twin::\"plant-9\""}"#,
             r#"{"principal": {"type": "Twinward::User", "id": "otto", "roles": ["twin-operator"]}, "action": "write", "resource": "Twinward::Twin::\"plant-7\"", "context": {"time": {"now": "2026-01-06T10:00:00Z"}}}"#,
             r#"{"principal": {"type": "Twinward::User", "id": "otto", "roles": ["twin-operator"]}, "action": "write", "resource": "Twinward::Twin::\"plant-7\"", "context": {"time": {"now": "2026-01-10T10:00:00Z"}}}"#,
+            // Cedar's JSON forms for the action: an entity reference, and the entity's name.
+            r#"{"principal": {"type": "Twinward::ServiceAccount", "id": "etl", "roles": ["data-pipeline"]}, "action": {"type": "Twinward::Action", "id": "read"}, "resource": {"type": "Twinward::Twin", "id": "plant-9"}}"#,
+            r#"{"principal": {"type": "Twinward::ServiceAccount", "id": "etl", "roles": ["data-pipeline"]}, "action": "Twinward::Action::\"write\"", "resource": "Twinward::Twin::\"plant-9\""}"#,
         ]
         .join("\n"),
     )
@@ -329,12 +332,14 @@ fn policy_eval_explains_single_requests_and_batches() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert_eq!(results.len(), 4, "one JSON line per request");
+    assert_eq!(results.len(), 6, "one JSON line per request");
     let expect = [
         ("allow", Some("pipelines-read-plants")),
         ("deny", None),
         ("allow", Some("operators-write-business-hours")),
         ("deny", None), // a Saturday
+        ("allow", Some("pipelines-read-plants")),
+        ("deny", None),
     ];
     for (i, (r, (decision, policy))) in results.iter().zip(expect).enumerate() {
         assert_eq!(r["decision"], decision, "line {}: {r}", i + 1);
@@ -348,8 +353,10 @@ fn policy_eval_explains_single_requests_and_batches() {
     std::fs::write(
         &batch,
         format!(
-            "{}\nnot json\n",
-            r#"{"principal": "Twinward::User::\"x\"", "action": "read", "resource": "Twinward::Twin::\"plant-7\""}"#
+            "{}\nnot json\n{}\n",
+            r#"{"principal": "Twinward::User::\"x\"", "action": "read", "resource": "Twinward::Twin::\"plant-7\""}"#,
+            // A misspelled field is an error, not a question asked without it.
+            r#"{"principal": "Twinward::User::\"x\"", "action": "read", "resource": "Twinward::Twin::\"plant-7\"", "contxt": {}}"#
         ),
     )
     .unwrap();
@@ -359,15 +366,41 @@ fn policy_eval_explains_single_requests_and_batches() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["decision"], "deny");
     assert_eq!(lines[1]["line"], 2);
     assert!(lines[1]["error"].is_string());
+    assert_eq!(lines[2]["line"], 3);
+    assert!(
+        lines[2]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("contxt")),
+        "{}",
+        lines[2]
+    );
 }
 
 #[test]
 fn tokens_are_listed_by_prefix_and_bad_requests_are_refused() {
     let dir = config_dir(GOOD);
+    // Before the database exists, reading commands say so instead of making an empty one
+    // (which `audit verify` would call intact).
+    for args in [
+        &["token", "list"][..],
+        &["token", "revoke", "0193a0b1"],
+        &["audit", "verify"],
+        &["audit", "export"],
+    ] {
+        let out = run(dir.path(), args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", both(&out));
+        assert!(
+            stderr(&out).contains("no database at"),
+            "{args:?}: {}",
+            both(&out)
+        );
+        assert!(!stdout(&out).contains("intact"), "{args:?}");
+    }
+    assert!(!dir.path().join("twinward.db").exists());
     let out = run(
         dir.path(),
         &[
@@ -424,6 +457,13 @@ fn tokens_are_listed_by_prefix_and_bad_requests_are_refused() {
     }
     let list = stdout(&run(dir.path(), &["token", "list"]));
     assert_eq!(list.lines().count(), 2, "only the one good token:\n{list}");
+    // A prefix too short to name one token revokes nothing, even when only one exists.
+    for short in ["", "%"] {
+        let out = run(dir.path(), &["token", "revoke", short]);
+        assert_ne!(out.status.code(), Some(0), "{short:?}: {}", both(&out));
+    }
+    let list = stdout(&run(dir.path(), &["token", "list"]));
+    assert!(list.lines().any(|l| l.ends_with("active")), "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
