@@ -557,10 +557,7 @@ fn check(path: &Path) -> Result<ExitCode, Failure> {
                     Err(ps) => problems.extend(ps.iter().map(ToString::to_string)),
                 }
             }
-            Err(ps) => problems.extend(
-                ps.iter()
-                    .map(|p| format!("{}/{p}", cfg.policy.dir.display())),
-            ),
+            Err(ps) => problems.extend(ps.iter().map(|p| p.in_dir(&cfg.policy.dir))),
         }
         let c = &cfg.credentials;
         if c.keys_dir.exists() {
@@ -607,7 +604,7 @@ fn compile(dir: &Path, twins: &[TwinSpec]) -> Result<Loaded, Failure> {
         usage(anyhow!(
             "{}",
             ps.iter()
-                .map(|p| format!("{}/{p}", dir.display()))
+                .map(|p| p.in_dir(dir))
                 .collect::<Vec<_>>()
                 .join("\n")
         ))
@@ -675,7 +672,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode, Failure> {
     let dir = policy_dir(a.dir.clone(), cfg.as_ref());
     let twins = cfg
         .as_ref()
-        .map(|c| TwinSpec::from_routes(&c.routes, "config"))
+        .map(|c| TwinSpec::from_routes(&c.routes, &c.file))
         .unwrap_or_default();
     let l = compile(&dir, &twins)?;
     let tz: chrono_tz::Tz = match &a.timezone {

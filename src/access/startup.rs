@@ -128,7 +128,7 @@ impl Gateway {
             true,
         )?;
         let pseudonyms = Pseudonymizer::new(&pseudonym_key(&config, true)?)?;
-        let twins = TwinSpec::from_routes(&config.routes, "twinward.toml");
+        let twins = TwinSpec::from_routes(&config.routes, &config.file);
         let engine = Arc::new(Engine::load(&config.policy.dir, twins)?);
         let metrics = Metrics::new();
         let (audit, audit_task) = AuditSink::start(store.clone(), metrics.audit.clone())?;

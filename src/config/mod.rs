@@ -57,6 +57,8 @@ impl fmt::Display for ConfigError {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file it was read from, as messages name it.
+    pub file: String,
     /// Directory that relative paths in the file are resolved against.
     pub base_dir: PathBuf,
     pub server: ServerConfig,
@@ -463,6 +465,7 @@ impl Validator<'_> {
         Config {
             session,
             signin,
+            file: self.file.to_owned(),
             base_dir: self.base_dir.to_path_buf(),
             server,
             storage,

@@ -156,7 +156,7 @@ mod tests {
         assert_ne!(secret, again);
         crate::policy::Engine::load(
             &cfg.policy.dir,
-            crate::policy::engine::TwinSpec::from_routes(&cfg.routes, "twinward.toml"),
+            crate::policy::engine::TwinSpec::from_routes(&cfg.routes, &cfg.file),
         )
         .unwrap();
     }

@@ -108,10 +108,9 @@ fn input_files(dir: &Path) -> std::io::Result<Vec<String>> {
 }
 
 pub fn load_dir(dir: &Path) -> Result<PolicyBundle, Vec<PolicyProblem>> {
-    let dir_name = dir.display().to_string();
     let names = input_files(dir).map_err(|e| {
         vec![problem(
-            &dir_name,
+            "",
             None,
             format!("cannot read policy directory: {e}"),
         )]
@@ -133,7 +132,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicyBundle, Vec<PolicyProblem>> {
     let schema = match (text_of(SCHEMA_FILE), text_of(SCHEMA_JSON_FILE)) {
         (Some(_), Some(_)) => {
             problems.push(problem(
-                &dir_name,
+                "",
                 None,
                 format!("both {SCHEMA_FILE} and {SCHEMA_JSON_FILE} exist; keep one"),
             ));
@@ -155,7 +154,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicyBundle, Vec<PolicyProblem>> {
         },
         (None, None) => {
             problems.push(problem(
-                &dir_name,
+                "",
                 None,
                 format!("no schema: policies are validated strictly, so {SCHEMA_FILE} is required"),
             ));
@@ -203,7 +202,7 @@ pub fn load_dir(dir: &Path) -> Result<PolicyBundle, Vec<PolicyProblem>> {
     }
     if cedar_files == 0 {
         problems.push(problem(
-            &dir_name,
+            "",
             None,
             "no *.cedar policy files (everything would be denied)",
         ));
@@ -418,8 +417,13 @@ mod tests {
     #[test]
     fn missing_schema_is_an_error() {
         let d = dir_with(&[("a.cedar", "permit(principal, action, resource);")]);
-        assert!(load_dir(d.path()).unwrap_err()[0]
-            .message
-            .contains("no schema"));
+        let p = &load_dir(d.path()).unwrap_err()[0];
+        assert!(p.message.contains("no schema"));
+        // Named once, as the directory: not as a file inside itself.
+        let shown = p.in_dir(d.path());
+        assert!(
+            shown.starts_with(&format!("{}: no schema", d.path().display())),
+            "{shown}"
+        );
     }
 }

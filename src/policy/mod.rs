@@ -87,6 +87,7 @@ impl PrincipalKind {
 /// One problem in a policy directory, with its place when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyProblem {
+    /// The file inside the policy directory; empty for a problem of the directory itself.
     pub file: String,
     pub position: Option<(usize, usize)>,
     pub message: String,
@@ -94,9 +95,22 @@ pub struct PolicyProblem {
 
 impl fmt::Display for PolicyProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.position {
-            Some((l, c)) => write!(f, "{}:{}:{}: {}", self.file, l, c, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
+        match (self.file.as_str(), self.position) {
+            ("", _) => f.write_str(&self.message),
+            (file, Some((l, c))) => write!(f, "{file}:{l}:{c}: {}", self.message),
+            (file, None) => write!(f, "{file}: {}", self.message),
+        }
+    }
+}
+
+impl PolicyProblem {
+    /// The problem with its file named inside `dir` (`policies/ops.cedar:3:1: …`), or the
+    /// directory itself for a problem of the directory (`policies: no schema …`).
+    pub fn in_dir(&self, dir: &std::path::Path) -> String {
+        if self.file.is_empty() {
+            format!("{}: {self}", dir.display())
+        } else {
+            format!("{}/{self}", dir.display())
         }
     }
 }
