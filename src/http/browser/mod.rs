@@ -183,6 +183,12 @@ fn resolve_return_to<'a>(
     let port = resolved.port_or_known_default();
     let same_port = port == base.port_or_known_default();
     let auth_host = base.host_str().map(str::to_ascii_lowercase);
+    // Dot segments can leave a path that starts with `//` (`/.//evil.example` resolves to
+    // the path `//evil.example`), which a browser reads as another host when it is sent
+    // back as a relative `Location`.
+    if resolved.path().starts_with("//") {
+        return None;
+    }
     let mut path = resolved.path().to_owned();
     if let Some(q) = resolved.query() {
         path.push('?');
@@ -291,6 +297,13 @@ mod tests {
             "/ok\r\nSet-Cookie: x=1",
             "http://twins-b.example:9090/",
             "https://twins-b.example/",
+            // Dot segments that leave `//` at the start of the path.
+            "/.//evil.example",
+            "/..//evil.example",
+            "/x/..//evil.example",
+            "/%2e//evil.example",
+            "http://twins-b.example:8080/.//evil.example",
+            "http://localhost:8080/.//evil.example",
         ];
         for raw in refused {
             assert_eq!(resolve(raw), None, "{raw:?}");
