@@ -291,58 +291,45 @@ impl Loaded {
                 ));
                 continue;
             };
-            let mut attrs: HashMap<String, RestrictedExpression> = HashMap::new();
-            let mut parents = HashSet::new();
-            if let Some(existing) = by_id.get(&tuid) {
-                let json = existing.to_json_value().unwrap_or_default();
-                if let Some(ps) = json.get("parents").and_then(|v| v.as_array()) {
-                    for pj in ps {
-                        if let (Some(t), Some(i)) = (
-                            pj.get("type").and_then(|v| v.as_str()),
-                            pj.get("id").and_then(|v| v.as_str()),
-                        ) {
-                            if let Ok(u) = uid(t, i) {
-                                parents.insert(u);
-                            }
-                        }
+            // Merged in Cedar's own JSON form, so whatever entities.json gives the twin
+            // (sets, records, entity references, extension values, tags) is kept as it is
+            // and the route's attributes are laid over it.
+            let mut json = match by_id.get(&tuid) {
+                Some(existing) => match existing.to_json_value() {
+                    Ok(j) => j,
+                    Err(err) => {
+                        problems.push(p(&spec.origin, format!("twin {:?}: {err}", spec.id)));
+                        continue;
                     }
-                }
-                if let Some(obj) = json.get("attrs").and_then(|v| v.as_object()) {
-                    for (k, v) in obj {
-                        let e = match v {
-                            serde_json::Value::String(s) => {
-                                RestrictedExpression::new_string(s.clone())
-                            }
-                            serde_json::Value::Bool(b) => RestrictedExpression::new_bool(*b),
-                            serde_json::Value::Number(n) if n.is_i64() => {
-                                RestrictedExpression::new_long(n.as_i64().unwrap_or_default())
-                            }
-                            _ => continue,
+                },
+                None => serde_json::json!({
+                    "uid": { "type": "Twinward::Twin", "id": spec.id },
+                    "attrs": {},
+                    "parents": [],
+                }),
+            };
+            if let Some(obj) = json.as_object_mut() {
+                let attrs = obj.entry("attrs").or_insert_with(|| serde_json::json!({}));
+                if let Some(attrs) = attrs.as_object_mut() {
+                    for (k, v) in &spec.attributes {
+                        let v = match v {
+                            AttrValue::String(s) => serde_json::Value::from(s.as_str()),
+                            AttrValue::Long(i) => serde_json::Value::from(*i),
+                            AttrValue::Bool(b) => serde_json::Value::from(*b),
                         };
-                        attrs.insert(k.clone(), e);
+                        attrs.insert(k.clone(), v);
                     }
                 }
             }
-            for (k, v) in &spec.attributes {
-                let e = match v {
-                    AttrValue::String(s) => RestrictedExpression::new_string(s.clone()),
-                    AttrValue::Long(i) => RestrictedExpression::new_long(*i),
-                    AttrValue::Bool(b) => RestrictedExpression::new_bool(*b),
-                };
-                attrs.insert(k.clone(), e);
-            }
-            match Entity::new(tuid.clone(), attrs, parents) {
+            // Checked against the schema twin by twin, so a message names the route.
+            match Entity::from_json_value(json, Some(&bundle.schema)) {
                 Ok(e) => {
-                    // Check each twin alone so the message names the route that declared it.
-                    if let Err(err) = Entities::from_entities([e.clone()], Some(&bundle.schema)) {
-                        problems.push(p(
-                            &spec.origin,
-                            format!("twin {:?} does not fit the schema: {err}", spec.id),
-                        ));
-                    }
                     by_id.insert(tuid, e);
                 }
-                Err(err) => problems.push(p(&spec.origin, format!("twin {:?}: {err}", spec.id))),
+                Err(err) => problems.push(p(
+                    &spec.origin,
+                    format!("twin {:?} does not fit the schema: {err}", spec.id),
+                )),
             }
         }
         let action_entities = bundle
@@ -868,6 +855,55 @@ mod tests {
                 path: "/plant-7/x".into(),
             },
         )
+    }
+
+    /// A twin's attributes from entities.json, whatever their kind, stay when a route lays
+    /// its own over them: `policy test` (no routes) and the gateway see the same twin.
+    #[test]
+    fn a_routes_attributes_join_the_twins_own_of_every_kind() {
+        let d = tempfile::tempdir().unwrap();
+        let schema = include_str!("../../policies/schema.cedarschema").replace(
+            "entity Twin in [Twin] = { environment: String, site: String, sensitivity: Long };",
+            "entity Twin in [Twin] = { environment: String, site: String, sensitivity: Long, \
+             tags?: Set<String>, owner?: { team: String } };",
+        );
+        assert!(
+            schema.contains("tags?"),
+            "the test's schema edit no longer applies"
+        );
+        std::fs::write(d.path().join("schema.cedarschema"), schema).unwrap();
+        std::fs::write(
+            d.path().join("entities.json"),
+            r#"[{ "uid": { "type": "Twinward::Twin", "id": "plant-7" },
+                  "attrs": { "environment": "twin", "site": "old", "sensitivity": 9,
+                             "tags": ["hot"], "owner": { "team": "ops" } },
+                  "parents": [] }]"#,
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("p.cedar"),
+            "@id(\"hot-ops\")\npermit(principal, action == Twinward::Action::\"read\", resource)\n\
+             when { resource has tags && resource.tags.contains(\"hot\") && resource has owner \
+             && resource.owner.team == \"ops\" && resource.sensitivity == 2 };\n",
+        )
+        .unwrap();
+        let bundle = loader::load_dir(d.path()).unwrap();
+        let spec = TwinSpec {
+            id: "plant-7".into(),
+            attributes: [
+                ("environment".to_owned(), AttrValue::String("twin".into())),
+                ("site".to_owned(), AttrValue::String("plant-7".into())),
+                ("sensitivity".to_owned(), AttrValue::Long(2)),
+            ]
+            .into_iter()
+            .collect(),
+            origin: "twinward.toml:9: route \"plant-7\"".into(),
+        };
+        let l = Loaded::compile(bundle, &[spec], 1).unwrap();
+        let p = Principal::service_account("ci", "ops", &["sim-runner".into()]).unwrap();
+        let d = l.decide(&p, Action::Read, "plant-7", &ctx());
+        assert!(d.allow, "{d:?}");
+        assert_eq!(&d.determining[..], ["hot-ops".to_owned()]);
     }
 
     // INVARIANT check behind skipping request validation on the hot path: the typed context
