@@ -797,7 +797,21 @@ fn token(cmd: TokenCmd) -> Result<ExitCode, Failure> {
                         twinward::access::tokens::IssueError::Invalid(m) => usage(anyhow!(m)),
                         other => runtime(other),
                     })?;
-                store.append_audit(&[ev]).await.map_err(runtime)?;
+                // An unaudited token must not exist: without its event, it is revoked again
+                // before anyone has seen it.
+                if let Err(e) = store.append_audit(&[ev]).await {
+                    let undone = store.revoke_token(&rec.id, now.unix_secs()).await;
+                    let left = match undone {
+                        Ok(_) => String::new(),
+                        Err(u) => format!(
+                            "; revoking it failed too ({u}): run `twinward token revoke {}`",
+                            rec.id
+                        ),
+                    };
+                    return Err(runtime(anyhow!(
+                        "no token issued: its audit event could not be written ({e}){left}"
+                    )));
+                }
                 eprintln!("token id {} for service account {:?}, roles {:?}, expires {}", rec.id, rec.service_account, rec.roles, twinward::clock::Timestamp::from_unix_secs(rec.expires_at).to_rfc3339());
                 eprintln!("store it now: it is shown only once");
                 println!("{text}");
@@ -814,7 +828,13 @@ fn token(cmd: TokenCmd) -> Result<ExitCode, Failure> {
                     let mut ev = twinward::audit::AuditEvent::new("token.revoke", "ok", now);
                     ev.actor = Some(default_owner().into());
                     ev.detail = serde_json::json!({"token_id": rec.id, "service_account": rec.service_account}).into();
-                    store.append_audit(&[ev]).await.map_err(runtime)?;
+                    if let Err(e) = store.append_audit(&[ev]).await {
+                        return Err(runtime(anyhow!(
+                            "revoked {} ({}), but its audit event could not be written: {e}",
+                            rec.id,
+                            rec.service_account
+                        )));
+                    }
                     println!("revoked {} ({})", rec.id, rec.service_account);
                 }
                 Ok(None) => {

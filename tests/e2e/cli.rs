@@ -457,13 +457,82 @@ fn tokens_are_listed_by_prefix_and_bad_requests_are_refused() {
     }
     let list = stdout(&run(dir.path(), &["token", "list"]));
     assert_eq!(list.lines().count(), 2, "only the one good token:\n{list}");
+    // With the audit log refusing events, no token is issued (the one stored is revoked
+    // again) and a revocation says its event is missing.
+    let db = dir.path().join("twinward.db");
+    sqlite_exec(
+        &db,
+        "CREATE TRIGGER audit_blocked BEFORE INSERT ON audit_events \
+         BEGIN SELECT RAISE(ABORT, 'blocked'); END;",
+    );
+    let out = run(
+        dir.path(),
+        &[
+            "token",
+            "create",
+            "--service-account",
+            "unaudited",
+            "--role",
+            "sim-runner",
+            "--ttl",
+            "1d",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(!stdout(&out).contains("twt_"), "{}", both(&out));
+    assert!(stderr(&out).contains("no token issued"), "{}", both(&out));
+    let list = stdout(&run(dir.path(), &["token", "list"]));
+    let row = list
+        .lines()
+        .find(|l| l.contains("unaudited"))
+        .unwrap_or_default();
+    assert!(row.ends_with("revoked"), "{list}");
+    let active = list
+        .lines()
+        .find(|l| l.contains("sim-7"))
+        .unwrap()
+        .to_owned();
+    let id = active.split_whitespace().next().unwrap().to_owned();
+    let out = run(dir.path(), &["token", "revoke", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(
+        stderr(&out).contains("audit event could not be written"),
+        "{}",
+        both(&out)
+    );
+    sqlite_exec(&db, "DROP TRIGGER audit_blocked;");
+    let list = stdout(&run(dir.path(), &["token", "list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.contains("sim-7") && l.ends_with("revoked")),
+        "{list}"
+    );
+    let out = run(
+        dir.path(),
+        &[
+            "token",
+            "create",
+            "--service-account",
+            "sim-8",
+            "--role",
+            "sim-runner",
+            "--ttl",
+            "1d",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", both(&out));
+
     // A prefix too short to name one token revokes nothing, even when only one exists.
     for short in ["", "%"] {
         let out = run(dir.path(), &["token", "revoke", short]);
         assert_ne!(out.status.code(), Some(0), "{short:?}: {}", both(&out));
     }
     let list = stdout(&run(dir.path(), &["token", "list"]));
-    assert!(list.lines().any(|l| l.ends_with("active")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.contains("sim-8") && l.ends_with("active")),
+        "{list}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
