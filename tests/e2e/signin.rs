@@ -1407,4 +1407,26 @@ async fn a_session_is_handed_to_another_route_host_once_and_ends_with_logout() {
     );
     assert_eq!(mfa_mode(&page).await, "verify");
     assert_eq!(env.up.count(), before);
+
+    // Signed in again, the sign-out on the twin host's own portal ends the sign-in too.
+    let landed = press_passkey(&page, &env).await;
+    let landed = if landed == b_url {
+        landed
+    } else {
+        page.wait_for_url(&b_url, WAIT).await
+    };
+    assert_eq!(landed, b_url);
+    page.goto(&format!("http://twins-b.localhost:{}/.twinward/", env.port))
+        .await;
+    page.click("form[action='/.twinward/logout'] button").await;
+    page.wait_for("document.body.innerText.includes('signed out')", WAIT)
+        .await;
+    let before = env.up.count();
+    page.goto(&b_url).await;
+    let at = page.url().await;
+    assert!(
+        at.starts_with(&env.url("/.twinward/mfa?")),
+        "still signed in on the twin host after signing out there: {at}"
+    );
+    assert_eq!(env.up.count(), before);
 }

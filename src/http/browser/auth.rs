@@ -456,7 +456,7 @@ pub async fn logout(
     };
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     if let Some(live) = b.session(&headers).await {
-        if let Err(resp) = b.check_write(&headers, &live, form.get("csrf").map(String::as_str)) {
+        if let Err(resp) = b.check_signout(&headers, &live, form.get("csrf").map(String::as_str)) {
             return resp;
         }
         // The whole sign-in ends: this session and those handed to other route hosts.

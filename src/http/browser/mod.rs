@@ -80,6 +80,31 @@ impl Browser {
         }
     }
 
+    /// For sign-out only: the request may also come from the pages of the route host it is
+    /// sent to (the portal and passkey pages shown there post to their own host), so that a
+    /// session handed to a route host can be ended from it. Every other change is made on
+    /// the auth host alone.
+    pub fn from_own_host(&self, headers: &HeaderMap) -> bool {
+        if self.same_origin(headers) {
+            return true;
+        }
+        let text = |n: http::header::HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
+        let (Some(origin), Some(host)) = (text(http::header::ORIGIN), text(http::header::HOST))
+        else {
+            return false;
+        };
+        let own = format!("{}://{host}", self.signin.cfg.public_url.scheme());
+        let name = crate::routing::host_without_port(host);
+        origin.eq_ignore_ascii_case(&own)
+            && self
+                .gw
+                .config
+                .routes
+                .iter()
+                .filter_map(|r| r.host.as_deref())
+                .any(|h| h.eq_ignore_ascii_case(name))
+    }
+
     /// Checks `Origin` and the session's CSRF token for a state-changing request.
     #[allow(clippy::result_large_err)]
     pub fn check_write(
@@ -88,7 +113,29 @@ impl Browser {
         session: &LiveSession,
         presented: Option<&str>,
     ) -> Result<(), Response<Body>> {
-        if !self.same_origin(headers) {
+        self.check_write_from(headers, session, presented, self.same_origin(headers))
+    }
+
+    /// [`Browser::check_write`] for sign-out, which a route host's own pages may send.
+    #[allow(clippy::result_large_err)]
+    pub fn check_signout(
+        &self,
+        headers: &HeaderMap,
+        session: &LiveSession,
+        presented: Option<&str>,
+    ) -> Result<(), Response<Body>> {
+        self.check_write_from(headers, session, presented, self.from_own_host(headers))
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn check_write_from(
+        &self,
+        headers: &HeaderMap,
+        session: &LiveSession,
+        presented: Option<&str>,
+        origin_ok: bool,
+    ) -> Result<(), Response<Body>> {
+        if !origin_ok {
             return Err(error::problem(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
