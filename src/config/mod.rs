@@ -192,12 +192,26 @@ pub struct RouteConfig {
     pub line: usize,
 }
 
+/// The longest `timeout` or `connect_timeout` a route may have.
+const MAX_ROUTE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// `host:port` as sent in the request line and `Host` header.
+    /// `host[:port]` as written, for the `Host` header.
     pub authority: String,
     pub host: String,
     pub port: u16,
+}
+
+impl Upstream {
+    /// `host:port` to connect to, the port always present (80 when the URL leaves it out).
+    pub fn connect_to(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// `erp.example.com` or `*.prod.example.com` (any name below that domain).
@@ -218,21 +232,24 @@ impl fmt::Display for HostPattern {
 
 impl HostPattern {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
-        if let Some(rest) = s.strip_prefix("*.") {
-            if rest.is_empty() || rest.contains('*') {
-                return Err(format!("invalid host pattern {s:?}"));
+        let t = s.trim();
+        let invalid = |why: String| {
+            format!("invalid host pattern {t:?} (use a name, an IP address or *.domain): {why}")
+        };
+        if let Some(rest) = t.strip_prefix("*.") {
+            if rest.contains('*') {
+                return Err(invalid("one leading *. only".into()));
             }
+            let rest = canonical_host(rest).map_err(invalid)?;
             Ok(HostPattern::Suffix(format!(".{rest}")))
-        } else if s.is_empty() || s.contains('*') {
-            Err(format!(
-                "invalid host pattern {s:?} (use a name or *.domain)"
-            ))
+        } else if t.contains('*') {
+            Err(invalid("a wildcard only as a leading *.".into()))
         } else {
-            Ok(HostPattern::Exact(s))
+            canonical_host(t).map(HostPattern::Exact).map_err(invalid)
         }
     }
 
+    /// `host` in the form [`canonical_host`] gives.
     pub fn matches(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         match self {
@@ -776,14 +793,15 @@ impl Validator<'_> {
                     format!("{label}: another route has the same name"),
                 );
             }
-            let host = r
-                .host
-                .as_deref()
-                .map(|h| strip_port(h).to_ascii_lowercase());
-            if let Some(h) = &host {
-                if h.is_empty() {
-                    self.problem_at(Some(at), format!("{label}: host is empty"));
+            let host = match r.host.as_deref().map(|h| canonical_host(strip_port(h))) {
+                None => None,
+                Some(Ok(h)) => Some(h),
+                Some(Err(e)) => {
+                    self.problem_at(Some(at), format!("{label}: host {e}"));
+                    None
                 }
+            };
+            if let Some(h) = &host {
                 if let Some(p) = prod.iter().find(|p| p.matches(h)) {
                     self.problem_at(
                         Some(at),
@@ -888,6 +906,11 @@ impl Validator<'_> {
                     format!("{label}: timeouts must be longer than zero"),
                 );
             }
+            // A deadline is the request's start plus the timeout: bounded, so it is always a
+            // time the clock can name.
+            if connect_timeout > MAX_ROUTE_TIMEOUT || timeout > MAX_ROUTE_TIMEOUT {
+                self.problem_at(Some(at), format!("{label}: timeouts must be at most 24h"));
+            }
             if self.problems.len() == before {
                 if let Some(upstream) = upstream {
                     out.push(RouteConfig {
@@ -915,6 +938,49 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))
+}
+
+/// A host as the gateway compares hosts: lower case, no trailing dot, no brackets, an IP
+/// address in its one standard form (an IPv4-mapped IPv6 address as the IPv4 address).
+/// Refused: anything but a name or an address (a scheme, a port, a path), and numbers that
+/// a resolver reads as an IPv4 address but that are not written as one (`10.0.0.05`,
+/// `167772165`, `0x0a000005`): a `production_hosts` entry would not recognize them.
+pub fn canonical_host(raw: &str) -> Result<String, String> {
+    let h = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+    let bare = h
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(&h);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(crate::signals::network::canonical(ip).to_string());
+    }
+    let name_ok = !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !name_ok {
+        return Err(format!(
+            "{raw:?} is not a host name or IP address (no scheme, port or path)"
+        ));
+    }
+    // A name's last label is never all digits (RFC 3696 §2); one that is (or is 0x-hex)
+    // makes the whole a number that resolvers read as an IPv4 address.
+    let last = bare.rsplit('.').next().unwrap_or_default();
+    let numeric = |l: &str| {
+        l.bytes().all(|b| b.is_ascii_digit())
+            || l.strip_prefix("0x")
+                .is_some_and(|x| x.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    if numeric(last) {
+        return Err(format!(
+            "{raw:?} is an IP address in a non-standard form; write it as a.b.c.d"
+        ));
+    }
+    Ok(bare.to_owned())
 }
 
 fn strip_port(host: &str) -> &str {
@@ -945,16 +1011,13 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     }
     let host = uri
         .host()
-        .ok_or_else(|| format!("upstream {s:?} has no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
+        .ok_or_else(|| format!("upstream {s:?} has no host"))?;
+    let host = canonical_host(host).map_err(|e| format!("upstream {s:?}: {e}"))?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!(
             "upstream {s:?} must not have a path or query: the twin receives exactly the path that policy saw"
         ));
     }
-    let port = uri.port_u16().unwrap_or(80);
     let authority = uri
         .authority()
         .map(|a| a.as_str().to_owned())
@@ -962,6 +1025,19 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     if authority.contains('@') {
         return Err(format!("upstream {s:?} must not carry credentials"));
     }
+    // The port as written: `http::Uri` does not check its range.
+    let port_text = match authority.rsplit_once(']') {
+        Some((_, rest)) => rest.strip_prefix(':'),
+        None => authority.rsplit_once(':').map(|(_, p)| p),
+    };
+    let port = match port_text {
+        None => 80,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("upstream {s:?}: port {p:?} is not 1 to 65535"))?,
+    };
     Ok(Upstream {
         authority,
         host,

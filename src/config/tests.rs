@@ -312,3 +312,136 @@ fn client_ip_header_is_one_of_the_two_forwarding_headers() {
         e.problems[0].message
     );
 }
+
+#[test]
+fn upstream_ports_default_to_80_and_must_be_in_range() {
+    let route = |upstream: &str| {
+        format!(
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"{upstream}\"\ntwin = \"a\"\n"
+        )
+    };
+    let c = parse_str(&route("http://twin-svc")).unwrap();
+    let u = &c.routes[0].upstream;
+    assert_eq!(
+        (u.authority.as_str(), u.connect_to()),
+        ("twin-svc", "twin-svc:80".into())
+    );
+    let c = parse_str(&route("http://[fd00::7]")).unwrap();
+    assert_eq!(c.routes[0].upstream.connect_to(), "[fd00::7]:80");
+    let c = parse_str(&route("http://[fd00::7]:8080")).unwrap();
+    assert_eq!(c.routes[0].upstream.connect_to(), "[fd00::7]:8080");
+    for bad in [
+        "http://twin-svc:99999",
+        "http://twin-svc:0",
+        "http://[fd00::7]:70000",
+    ] {
+        let e = parse_str(&route(bad)).unwrap_err();
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.message.contains("is not 1 to 65535")),
+            "{bad}: {:?}",
+            e.problems
+        );
+    }
+}
+
+#[test]
+fn route_timeouts_are_bounded() {
+    let e = parse_str(
+        "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\ntwin = \"a\"\ntimeout = \"500000000000y\"\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.problems.iter().any(|p| p.message.contains("at most 24h")),
+        "{:?}",
+        e.problems
+    );
+}
+
+#[test]
+fn production_hosts_catch_every_spelling_of_an_address() {
+    let cfg = |prod: &str, upstream: &str| {
+        format!(
+            "[server]\nproduction_hosts = [{prod}]\n\n[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"{upstream}\"\ntwin = \"a\"\n"
+        )
+    };
+    for (prod, upstream) in [
+        (r#""10.0.0.5""#, "http://[::ffff:10.0.0.5]:8080"),
+        (r#""[fd00::1]""#, "http://[fd00::1]:8080"),
+        (r#""fd00::1""#, "http://[FD00:0::1]:8080"),
+        (r#""ERP.example.com.""#, "http://erp.example.com:8080"),
+        (
+            r#""*.prod.example.com""#,
+            "http://db.PROD.example.com.:5432",
+        ),
+    ] {
+        let e = parse_str(&cfg(prod, upstream)).unwrap_err();
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.message.contains("production host")),
+            "{prod} / {upstream}: {:?}",
+            e.problems
+        );
+    }
+    // Numbers a resolver reads as an address, written otherwise, are refused outright.
+    for upstream in [
+        "http://10.0.0.05:8080",
+        "http://167772165:8080",
+        "http://0x0a000005:8080",
+    ] {
+        let e = parse_str(&cfg(r#""10.0.0.5""#, upstream)).unwrap_err();
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.message.contains("non-standard form")),
+            "{upstream}: {:?}",
+            e.problems
+        );
+    }
+    // An entry that can never match a host is an error, not a silent no-op.
+    for prod in [
+        r#""erp.example.com:443""#,
+        r#""https://erp.example.com""#,
+        r#""*.""#,
+    ] {
+        let e = parse_str(&cfg(prod, "http://127.0.0.1:1")).unwrap_err();
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.message.contains("invalid host pattern")),
+            "{prod}: {:?}",
+            e.problems
+        );
+    }
+}
+
+#[test]
+fn route_hosts_are_compared_in_one_form() {
+    let two = |a: &str, b: &str| {
+        format!(
+            "[[routes]]\nname = \"a\"\nhost = \"{a}\"\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\ntwin = \"a\"\n\n\
+             [[routes]]\nname = \"b\"\nhost = \"{b}\"\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:2\"\ntwin = \"b\"\n"
+        )
+    };
+    // The same host twice with the same prefix overlaps, however it is spelled.
+    let e = parse_str(&two("twins.example.com.", "Twins.Example.com")).unwrap_err();
+    assert_eq!(e.problems.len(), 1, "{:?}", e.problems);
+    let c = parse_str(&two("twins.example.com.", "b.example.com")).unwrap();
+    assert_eq!(c.routes[0].host.as_deref(), Some("twins.example.com"));
+    for bad in [
+        "https://twins.example.com",
+        "*.example.com",
+        "twins example",
+    ] {
+        let e = parse_str(&two(bad, "b.example.com")).unwrap_err();
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.message.contains("not a host name")),
+            "{bad}: {:?}",
+            e.problems
+        );
+    }
+}

@@ -87,12 +87,12 @@ impl Upstreams {
                 } else {
                     RouteClient::Http1 {
                         hyper: Arc::new(Http1Pool {
-                            authority: cfg.upstream.authority.clone(),
+                            authority: cfg.upstream.connect_to(),
                             connect_timeout: cfg.connect_timeout,
                             idle: IdleList::default(),
                         }),
                         raw: RawPool {
-                            authority: cfg.upstream.authority.clone(),
+                            authority: cfg.upstream.connect_to(),
                             connect_timeout: cfg.connect_timeout,
                             idle: IdleList::default(),
                         },
