@@ -315,7 +315,7 @@ fn parse_lenient(text: &str, file: &str, base_dir: &Path) -> (Option<Config>, Ve
     let mut unknown = Vec::new();
     let raw: Result<FileConfig, _> =
         serde_ignored::deserialize(toml::Deserializer::new(text), |path| {
-            unknown.push(path.to_string())
+            unknown.push(key_path(&path.to_string()))
         });
     let raw = match raw {
         Ok(r) => r,
@@ -342,6 +342,17 @@ fn parse_lenient(text: &str, file: &str, base_dir: &Path) -> (Option<Config>, Ve
     }
     let config = v.config(raw);
     (Some(config), v.problems)
+}
+
+/// The key's path as the file writes it: serde_ignored's path also names the wrappers the
+/// parse goes through (`?` for an optional table, serde_spanned's private field for a
+/// table read with its position), which are no part of the file.
+fn key_path(ignored: &str) -> String {
+    ignored
+        .split('.')
+        .filter(|s| *s != "?" && !s.starts_with("$__serde_spanned"))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// A place in a parsed TOML document, for finding where an unknown key was written.

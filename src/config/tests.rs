@@ -445,3 +445,20 @@ fn route_hosts_are_compared_in_one_form() {
         );
     }
 }
+
+#[test]
+fn unknown_keys_in_routes_and_sign_in_name_the_key_and_its_line() {
+    let text = "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\ntwin = \"a\"\n\n\
+                [[routes]]\nname = \"b\"\npath_prefix = \"/b\"\nupstream = \"http://127.0.0.1:2\"\ntwin = \"b\"\ncolour = \"red\"\n\n\
+                [oidc]\nissuer = \"https://idp.example.com\"\nprompt = \"login\"\n";
+    let e = parse_str(text).unwrap_err();
+    let found = |key: &str| {
+        e.problems
+            .iter()
+            .find(|p| p.message == format!("unknown key `{key}`"))
+            .and_then(|p| p.position)
+            .map(|p| p.0)
+    };
+    assert_eq!(found("routes.1.colour"), Some(12), "{:?}", e.problems);
+    assert_eq!(found("oidc.prompt"), Some(16), "{:?}", e.problems);
+}
