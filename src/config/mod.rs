@@ -532,10 +532,13 @@ impl Validator<'_> {
         let public_url = raw.public_url.and_then(|u| {
             let at = u.span().start;
             let s = u.into_inner();
+            // Both parsers must take it: sign-in reads it with `url`, which refuses what
+            // `http::Uri` lets through (a port above 65535), and would turn itself off.
             match s.parse::<http::Uri>() {
                 Ok(uri)
                     if matches!(uri.scheme_str(), Some("https") | Some("http"))
-                        && uri.host().is_some() =>
+                        && uri.host().is_some()
+                        && url::Url::parse(&s).is_ok() =>
                 {
                     Some(s.trim_end_matches('/').to_owned())
                 }

@@ -462,3 +462,13 @@ fn unknown_keys_in_routes_and_sign_in_name_the_key_and_its_line() {
     assert_eq!(found("routes.1.colour"), Some(12), "{:?}", e.problems);
     assert_eq!(found("oidc.prompt"), Some(16), "{:?}", e.problems);
 }
+
+#[test]
+fn a_public_url_sign_in_cannot_read_is_refused() {
+    let e = parse_str("[server]\npublic_url = \"https://twins.example.com:99999\"\n").unwrap_err();
+    assert!(
+        e.problems.iter().any(|p| p.message.contains("public_url")),
+        "{:?}",
+        e.problems
+    );
+}
