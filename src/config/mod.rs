@@ -309,32 +309,86 @@ fn base_dir_of(path: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// How many values of the wrong type (or tables missing a field) one run reports before
+/// giving up on the rest.
+const MAX_SHAPE_PROBLEMS: usize = 32;
+
+/// Blanks the lines that `span` touches (spaces, newlines kept), so that offsets and line
+/// numbers of everything else stay as they are. Returns whether anything changed.
+fn blank_lines(work: &mut String, span: std::ops::Range<usize>) -> bool {
+    let start = work
+        .get(..span.start)
+        .and_then(|b| b.rfind('\n'))
+        .map_or(0, |i| i + 1);
+    let end = work
+        .get(span.end.max(span.start + 1)..)
+        .and_then(|a| a.find('\n'))
+        .map_or(work.len(), |i| span.end.max(span.start + 1) + i);
+    let Some(region) = work.get(start..end.min(work.len())) else {
+        return false;
+    };
+    if region.trim().is_empty() {
+        return false;
+    }
+    // Byte for byte: a character of several bytes becomes as many spaces.
+    let blanked: String = region
+        .chars()
+        .flat_map(|c| {
+            let (fill, n) = if c == '\n' {
+                ('\n', 1)
+            } else {
+                (' ', c.len_utf8())
+            };
+            std::iter::repeat_n(fill, n)
+        })
+        .collect();
+    work.replace_range(start..end.min(work.len()), &blanked);
+    true
+}
+
 fn parse_lenient(text: &str, file: &str, base_dir: &Path) -> (Option<Config>, Vec<Problem>) {
     // Unknown keys are collected rather than fatal, so one run reports all of them (with
-    // the rest of the problems); a value of the wrong type still stops the parse.
+    // the rest of the problems). A value of the wrong type stops serde's parse: it is
+    // reported, its lines are blanked (a table missing a field goes whole) and the parse
+    // runs again, so that one run still reports every problem.
     let mut unknown = Vec::new();
-    let raw: Result<FileConfig, _> =
-        serde_ignored::deserialize(toml::Deserializer::new(text), |path| {
-            unknown.push(key_path(&path.to_string()))
+    let mut shape_problems = Vec::new();
+    let mut work = text.to_owned();
+    let raw = loop {
+        unknown.clear();
+        let parsed: Result<FileConfig, _> =
+            serde_ignored::deserialize(toml::Deserializer::new(&work), |path| {
+                unknown.push(key_path(&path.to_string()))
+            });
+        let e = match parsed {
+            Ok(r) => break Some(r),
+            Err(e) => e,
+        };
+        // After blanking, a syntax error is of the blanking's making, not the file's.
+        if !shape_problems.is_empty() && work.parse::<toml_edit::DocumentMut>().is_err() {
+            break None;
+        }
+        shape_problems.push(Problem {
+            file: file.to_owned(),
+            position: e.span().map(|s| line_col(text, s.start)),
+            message: e.message().trim_end_matches('\n').to_owned(),
         });
-    let raw = match raw {
-        Ok(r) => r,
-        Err(e) => {
-            let position = e.span().map(|s| line_col(text, s.start));
-            let problem = Problem {
-                file: file.to_owned(),
-                position,
-                message: e.message().trim_end_matches('\n').to_owned(),
-            };
-            return (None, vec![problem]);
+        let Some(span) = e.span() else { break None };
+        if shape_problems.len() >= MAX_SHAPE_PROBLEMS || !blank_lines(&mut work, span) {
+            break None;
         }
     };
-    let doc = toml_edit::ImDocument::parse(text).ok();
+    let Some(raw) = raw else {
+        return (None, shape_problems);
+    };
+    // The text as parsed: blanking kept every offset, and a table left out no longer
+    // counts when an unknown key's `routes.N` is looked up.
+    let doc = toml_edit::ImDocument::parse(work.as_str()).ok();
     let mut v = Validator {
         text,
         file,
         base_dir,
-        problems: Vec::new(),
+        problems: shape_problems,
     };
     for path in unknown {
         let at = doc.as_ref().and_then(|d| key_offset(d, &path));

@@ -472,3 +472,41 @@ fn a_public_url_sign_in_cannot_read_is_refused() {
         e.problems
     );
 }
+
+#[test]
+fn values_of_the_wrong_type_do_not_hide_the_other_problems() {
+    let text = "[server]\nproduction_hosts = [\"*.prod.example.com\"]\nworkers = \"two\"\n\n\
+                [[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\ntwin = \"a\"\ntimeout = \"30\"\n\n\
+                [[routes]]\nname = \"b\"\npath_prefix = \"/b\"\ntwin = \"b\"\n\n\
+                [[routes]]\nname = \"c\"\npath_prefix = \"/c\"\nupstream = \"http://db.prod.example.com:5432\"\ntwin = \"c\"\nflavour = 1\n";
+    let e = parse_str(text).unwrap_err();
+    let lines: Vec<(usize, &str)> = e
+        .problems
+        .iter()
+        .map(|p| (p.position.map_or(0, |p| p.0), p.message.as_str()))
+        .collect();
+    let at =
+        |line: usize, needle: &str| lines.iter().any(|(l, m)| *l == line && m.contains(needle));
+    assert!(at(3, ""), "workers: {lines:?}");
+    assert!(at(10, ""), "timeout without a unit: {lines:?}");
+    assert!(
+        lines.iter().any(|(_, m)| m.contains("upstream")),
+        "route b: {lines:?}"
+    );
+    assert!(at(17, "production host"), "route c: {lines:?}");
+    assert!(at(22, "flavour"), "route c's unknown key: {lines:?}");
+
+    // Offsets hold after a blanked line of multi-byte characters.
+    let e = parse_str("[server]\nworkers = \"zwei Wörter ✓\"\nlisen = 1\n").unwrap_err();
+    let found: Vec<(Option<(usize, usize)>, &str)> = e
+        .problems
+        .iter()
+        .map(|p| (p.position, p.message.as_str()))
+        .collect();
+    assert!(
+        found
+            .iter()
+            .any(|(p, m)| *p == Some((3, 1)) && m.contains("lisen")),
+        "{found:?}"
+    );
+}
