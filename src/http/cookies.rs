@@ -8,11 +8,13 @@ use http::HeaderValue;
 
 /// Cookie names the gateway sets; never forwarded upstream, and a twin's `Set-Cookie` for
 /// them is dropped.
-pub const GATEWAY_COOKIES: [&str; 4] = [
+pub const GATEWAY_COOKIES: [&str; 6] = [
     "__Host-twinward",
     "twinward",
     "__Host-twinward-login",
     "twinward-login",
+    "__Host-twinward-handoff",
+    "twinward-handoff",
 ];
 
 /// The value of cookie `name`, from any `Cookie` header line.
@@ -65,6 +67,28 @@ pub fn login(cfg: &SigninConfig, value: &str, max_age: u64) -> HeaderValue {
 
 pub fn clear_login(cfg: &SigninConfig) -> HeaderValue {
     build(login_cookie_name(cfg), "", Some(0), cfg.secure_cookies)
+}
+
+/// The route host's cookie that ties a session handoff to the browser it started in.
+pub fn handoff_cookie_name(cfg: &SigninConfig) -> &'static str {
+    if cfg.secure_cookies {
+        "__Host-twinward-handoff"
+    } else {
+        "twinward-handoff"
+    }
+}
+
+pub fn handoff(cfg: &SigninConfig, value: &str, max_age: u64) -> HeaderValue {
+    build(
+        handoff_cookie_name(cfg),
+        value,
+        Some(max_age),
+        cfg.secure_cookies,
+    )
+}
+
+pub fn clear_handoff(cfg: &SigninConfig) -> HeaderValue {
+    build(handoff_cookie_name(cfg), "", Some(0), cfg.secure_cookies)
 }
 
 #[cfg(test)]

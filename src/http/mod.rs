@@ -58,6 +58,10 @@ fn gateway_router(state: AppState) -> Router {
         .route("/.twinward/callback", get(browser::auth::callback))
         .route("/.twinward/logout", post(browser::auth::logout))
         .route("/.twinward/session", get(browser::auth::session_handoff))
+        .route(
+            "/.twinward/session/confirm",
+            get(browser::auth::session_confirm),
+        )
         .route("/.twinward/mfa", get(browser::passkey::page))
         .route(
             "/.twinward/api/webauthn/register/start",

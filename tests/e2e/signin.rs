@@ -1391,6 +1391,82 @@ async fn a_session_is_handed_to_another_route_host_once_and_ends_with_logout() {
     assert_eq!(elsewhere.status, 400, "{elsewhere:?}");
     assert!(elsewhere.header("set-cookie").is_none());
 
+    // A code carried to another browser (an attacker's own fresh code, sent to a victim)
+    // signs nobody in there: the auth host finds no such session in that browser.
+    let login = sync(|| {
+        crate::common::raw(
+            env.gw.addr,
+            &format!(
+                "GET /.twinward/login?return_to={} HTTP/1.1\r\nHost: {auth_host}\r\nCookie: twinward={auth_cookie}\r\nConnection: close\r\n\r\n",
+                utf8_percent_encode(&b_url, NON_ALPHANUMERIC)
+            ),
+        )
+        .unwrap()
+    });
+    let carried = login.header("location").unwrap().to_owned();
+    let victim = browser.new_page().await;
+    victim.goto(&carried).await;
+    let at = victim.url().await;
+    assert!(
+        at.starts_with(&env.url("/.twinward/session/confirm?")),
+        "{at}"
+    );
+    assert_eq!(victim.last_document_status(), Some(400));
+    let before = env.up.count();
+    victim.goto(&b_url).await;
+    assert_ne!(
+        victim.url().await,
+        b_url,
+        "the other browser is signed in on the twin host"
+    );
+    assert_eq!(env.up.count(), before);
+
+    // Nor does the last step's code, taken through the first two by the attacker: the
+    // route host wants the cookie it set in the browser the handoff started in.
+    let raw_get = |host: &str, target: &str, cookie: Option<&str>| {
+        let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+        let req =
+            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{cookie}Connection: close\r\n\r\n");
+        sync(|| crate::common::raw(env.gw.addr, &req).unwrap())
+    };
+    let bob = format!("twinward={auth_cookie}");
+    let login = raw_get(
+        &auth_host,
+        &format!(
+            "/.twinward/login?return_to={}",
+            utf8_percent_encode(&b_url, NON_ALPHANUMERIC)
+        ),
+        Some(&bob),
+    );
+    let first = login.header("location").unwrap().to_owned();
+    let step = raw_get(&host, first.split_once(&host).unwrap().1, None);
+    let confirm = step.header("location").unwrap().to_owned();
+    assert!(
+        step.header("set-cookie")
+            .is_some_and(|c| c.starts_with("twinward-handoff=")),
+        "{step:?}"
+    );
+    let back = raw_get(
+        &auth_host,
+        confirm.split_once(&auth_host).unwrap().1,
+        Some(&bob),
+    );
+    let last = back.header("location").unwrap().to_owned();
+    assert!(
+        last.starts_with(&format!("http://{host}/.twinward/session?code=")),
+        "{last}"
+    );
+    let victim = browser.new_page().await;
+    victim.goto(&last).await;
+    assert_eq!(victim.last_document_status(), Some(400));
+    victim.goto(&b_url).await;
+    assert_ne!(
+        victim.url().await,
+        b_url,
+        "the other browser is signed in on the twin host"
+    );
+    assert_eq!(env.up.count(), before);
+
     // Logging out on the auth host ends the twin host's session as well.
     page.goto(&env.url("/.twinward/")).await;
     page.click("form[action='/.twinward/logout'] button").await;

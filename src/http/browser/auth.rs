@@ -95,6 +95,13 @@ const HANDOFF_TTL: Duration = Duration::from_secs(30);
 const HANDOFF_KIND: &str = "handoff";
 
 /// A session handed from the auth host to a route host, kept server-side under the code.
+///
+/// A code alone would let a signed-in attacker carry their own fresh code to someone
+/// else's browser and sign it in as themselves on that host. So the handoff takes three
+/// steps, each under a new single-use code: the route host ties it to the browser (a
+/// random value in its own cookie, the value's hash here), the auth host checks that this
+/// browser holds the session being handed over, and the route host, seeing its cookie
+/// again, sets the session.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Handoff {
     session: crate::session::SessionKey,
@@ -102,6 +109,43 @@ struct Handoff {
     host: String,
     /// Path and query on that host to continue to.
     path: String,
+    /// The hash of the route host's handoff cookie, once the route host has set it.
+    #[serde(default)]
+    browser: Option<String>,
+    /// The auth host has seen its session in that browser.
+    #[serde(default)]
+    confirmed: bool,
+}
+
+/// Stores `record` under a new single-use code and returns the code.
+async fn store_handoff(b: &Browser, record: &Handoff) -> Option<String> {
+    let code = random_token();
+    let sessions = b.signin.sessions.as_ref();
+    match put_json(sessions, HANDOFF_KIND, &code, record, b.now, HANDOFF_TTL).await {
+        Ok(()) => Some(code),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store a session handoff");
+            None
+        }
+    }
+}
+
+fn handoff_unavailable() -> Response<Body> {
+    error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Sign-in is unavailable",
+        "Try again in a minute.",
+        None,
+    )
+}
+
+fn handoff_expired() -> Response<Body> {
+    error_page(
+        StatusCode::BAD_REQUEST,
+        "This sign-in link is no longer valid",
+        "It has expired, was already used, or was made for another browser. Open the twin again to continue.",
+        None,
+    )
 }
 
 /// Sends a signed-in browser on to `return_to`: directly on the auth host, or through
@@ -130,22 +174,16 @@ async fn hand_off(
         path.push('?');
         path.push_str(q);
     }
-    let code = random_token();
     let record = Handoff {
         session: session.key.clone(),
         host: host.clone(),
         path,
+        browser: None,
+        confirmed: false,
     };
-    let sessions = b.signin.sessions.as_ref();
-    if let Err(e) = put_json(sessions, HANDOFF_KIND, &code, &record, b.now, HANDOFF_TTL).await {
-        tracing::error!(error = %e, "cannot store a session handoff");
-        return error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Sign-in is unavailable",
-            "Try again in a minute.",
-            None,
-        );
-    }
+    let Some(code) = store_handoff(b, &record).await else {
+        return handoff_unavailable();
+    };
     error::redirect(&format!(
         "{}://{host}/.twinward/session?code={code}",
         url.scheme()
@@ -163,16 +201,9 @@ pub async fn session_handoff(
     let Some(b) = Browser::of(&state) else {
         return super::not_configured();
     };
-    let expired = || {
-        error_page(
-            StatusCode::BAD_REQUEST,
-            "This sign-in link is no longer valid",
-            "It has expired or was already used. Open the twin again to continue.",
-            None,
-        )
-    };
+    let expired = handoff_expired;
     let record: Option<Handoff> = b.take_once(HANDOFF_KIND, q.get("code")).await;
-    let Some(record) = record else {
+    let Some(mut record) = record else {
         return expired();
     };
     let host = headers
@@ -181,6 +212,35 @@ pub async fn session_handoff(
         .map(str::to_ascii_lowercase);
     if host.as_deref() != Some(record.host.to_ascii_lowercase().as_str()) {
         return expired();
+    }
+    match (&record.browser, record.confirmed) {
+        // First step: tie the handoff to this browser, then let the auth host check it.
+        (None, _) => {
+            let nonce = random_token();
+            record.browser = Some(hashed(&nonce));
+            let Some(code) = store_handoff(&b, &record).await else {
+                return handoff_unavailable();
+            };
+            let mut resp = error::redirect(&format!(
+                "{}/.twinward/session/confirm?code={code}",
+                b.signin.cfg.origin()
+            ));
+            resp.headers_mut().append(
+                http::header::SET_COOKIE,
+                cookies::handoff(&b.signin.cfg, &nonce, HANDOFF_TTL.as_secs()),
+            );
+            return resp;
+        }
+        // Back from the auth host: only the browser holding the cookie goes on.
+        (Some(bound), true) => {
+            let held = cookies::get(&headers, cookies::handoff_cookie_name(&b.signin.cfg));
+            if !held.is_some_and(|n| {
+                subtle::ConstantTimeEq::ct_eq(hashed(n).as_bytes(), bound.as_bytes()).into()
+            }) {
+                return expired();
+            }
+        }
+        (Some(_), false) => return expired(),
     }
     let source = match b.signin.sessions.get(&record.session).await {
         Ok(Some(s))
@@ -217,7 +277,47 @@ pub async fn session_handoff(
         http::header::SET_COOKIE,
         cookies::session(&b.signin.cfg, id.cookie_value()),
     );
+    resp.headers_mut().append(
+        http::header::SET_COOKIE,
+        cookies::clear_handoff(&b.signin.cfg),
+    );
     resp
+}
+
+/// `GET /.twinward/session/confirm?code=…` on the auth host, the middle step of a handoff:
+/// goes on only if this browser holds the session being handed over.
+#[tracing::instrument(skip_all)]
+pub async fn session_confirm(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response<Body> {
+    let Some(b) = Browser::of(&state) else {
+        return super::not_configured();
+    };
+    if !on_auth_host(&b, &headers) {
+        return handoff_expired();
+    }
+    let record: Option<Handoff> = b.take_once(HANDOFF_KIND, q.get("code")).await;
+    let Some(mut record) = record else {
+        return handoff_expired();
+    };
+    let own = b.session(&headers).await;
+    if record.browser.is_none()
+        || record.confirmed
+        || own.is_none_or(|l| l.session.key != record.session)
+    {
+        return handoff_expired();
+    }
+    record.confirmed = true;
+    let Some(code) = store_handoff(&b, &record).await else {
+        return handoff_unavailable();
+    };
+    error::redirect(&format!(
+        "{}://{}/.twinward/session?code={code}",
+        b.signin.cfg.public_url.scheme(),
+        record.host
+    ))
 }
 
 fn on_auth_host(b: &Browser, headers: &HeaderMap) -> bool {
