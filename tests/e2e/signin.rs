@@ -1363,46 +1363,31 @@ async fn a_session_is_handed_to_another_route_host_once_and_ends_with_logout() {
     page.goto(&env.url("/.twinward/api/me")).await;
     let auth_cookie = cookie_value(&session_cookie(&page).await.unwrap());
     let auth_host = format!("localhost:{}", env.port);
-    let login = sync(|| {
-        crate::common::raw(
-            env.gw.addr,
-            &format!(
-                "GET /.twinward/login?return_to={} HTTP/1.1\r\nHost: {auth_host}\r\nCookie: twinward={auth_cookie}\r\nConnection: close\r\n\r\n",
-                utf8_percent_encode(&b_url, NON_ALPHANUMERIC)
-            ),
-        )
-        .unwrap()
-    });
+    let raw_get = |host: &str, target: &str, cookie: Option<&str>| {
+        let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+        let req =
+            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{cookie}Connection: close\r\n\r\n");
+        sync(|| crate::common::raw(env.gw.addr, &req).unwrap())
+    };
+    let bob = format!("twinward={auth_cookie}");
+    let login_target = format!(
+        "/.twinward/login?return_to={}",
+        utf8_percent_encode(&b_url, NON_ALPHANUMERIC)
+    );
+    let login = raw_get(&auth_host, &login_target, Some(&bob));
     let to = login.header("location").unwrap().to_owned();
     assert!(
         to.starts_with(&format!("http://{host}/.twinward/session?code=")),
         "signed in, login hands off without the provider: {to}"
     );
     let code_target = to.split_once(&host).unwrap().1.to_owned();
-    let elsewhere = sync(|| {
-        crate::common::raw(
-            env.gw.addr,
-            &format!(
-                "GET {code_target} HTTP/1.1\r\nHost: {auth_host}\r\nConnection: close\r\n\r\n"
-            ),
-        )
-        .unwrap()
-    });
+    let elsewhere = raw_get(&auth_host, &code_target, None);
     assert_eq!(elsewhere.status, 400, "{elsewhere:?}");
     assert!(elsewhere.header("set-cookie").is_none());
 
     // A code carried to another browser (an attacker's own fresh code, sent to a victim)
     // signs nobody in there: the auth host finds no such session in that browser.
-    let login = sync(|| {
-        crate::common::raw(
-            env.gw.addr,
-            &format!(
-                "GET /.twinward/login?return_to={} HTTP/1.1\r\nHost: {auth_host}\r\nCookie: twinward={auth_cookie}\r\nConnection: close\r\n\r\n",
-                utf8_percent_encode(&b_url, NON_ALPHANUMERIC)
-            ),
-        )
-        .unwrap()
-    });
+    let login = raw_get(&auth_host, &login_target, Some(&bob));
     let carried = login.header("location").unwrap().to_owned();
     let victim = browser.new_page().await;
     victim.goto(&carried).await;
@@ -1423,21 +1408,7 @@ async fn a_session_is_handed_to_another_route_host_once_and_ends_with_logout() {
 
     // Nor does the last step's code, taken through the first two by the attacker: the
     // route host wants the cookie it set in the browser the handoff started in.
-    let raw_get = |host: &str, target: &str, cookie: Option<&str>| {
-        let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
-        let req =
-            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{cookie}Connection: close\r\n\r\n");
-        sync(|| crate::common::raw(env.gw.addr, &req).unwrap())
-    };
-    let bob = format!("twinward={auth_cookie}");
-    let login = raw_get(
-        &auth_host,
-        &format!(
-            "/.twinward/login?return_to={}",
-            utf8_percent_encode(&b_url, NON_ALPHANUMERIC)
-        ),
-        Some(&bob),
-    );
+    let login = raw_get(&auth_host, &login_target, Some(&bob));
     let first = login.header("location").unwrap().to_owned();
     let step = raw_get(&host, first.split_once(&host).unwrap().1, None);
     let confirm = step.header("location").unwrap().to_owned();

@@ -733,14 +733,20 @@ async fn forwarding_headers_from_untrusted_peers_are_replaced() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn forwarding_headers_from_trusted_proxies_are_kept_and_appended() {
+/// /plant-7 on a gateway that trusts its loopback peer as a proxy.
+async fn behind_a_trusted_proxy() -> (Upstream, Gateway) {
     let up = Upstream::start().await;
     let gw = Gateway::start(GatewayOptions {
         routes: vec![RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2)],
         server_extra: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
         ..Default::default()
     });
+    (up, gw)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_headers_from_trusted_proxies_are_kept_and_appended() {
+    let (up, gw) = behind_a_trusted_proxy().await;
     let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
     let addr = gw.addr;
     let r = blocking(move || {
@@ -776,12 +782,7 @@ async fn forwarding_headers_from_trusted_proxies_are_kept_and_appended() {
 /// the client sent, so reading only the first line believes the client's own claim.
 #[tokio::test(flavor = "multi_thread")]
 async fn x_forwarded_for_split_over_several_lines_is_one_chain() {
-    let up = Upstream::start().await;
-    let gw = Gateway::start(GatewayOptions {
-        routes: vec![RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2)],
-        server_extra: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
-        ..Default::default()
-    });
+    let (up, gw) = behind_a_trusted_proxy().await;
     let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
     let addr = gw.addr;
     let r = blocking(move || {
@@ -815,12 +816,7 @@ async fn x_forwarded_for_split_over_several_lines_is_one_chain() {
 /// refuses the request: otherwise the client would take the proxy's own address and zone.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trusted_proxys_chain_names_the_client_or_the_request_is_refused() {
-    let up = Upstream::start().await;
-    let gw = Gateway::start(GatewayOptions {
-        routes: vec![RouteSpec::new("plant-7", "/plant-7", up.addr, "plant-7", 2)],
-        server_extra: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
-        ..Default::default()
-    });
+    let (up, gw) = behind_a_trusted_proxy().await;
     let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
     let addr = gw.addr;
     let (spoofed_forwarded, unknown, unreadable, hyper_unknown) = blocking(move || {

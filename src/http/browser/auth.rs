@@ -201,17 +201,16 @@ pub async fn session_handoff(
     let Some(b) = Browser::of(&state) else {
         return super::not_configured();
     };
-    let expired = handoff_expired;
     let record: Option<Handoff> = b.take_once(HANDOFF_KIND, q.get("code")).await;
     let Some(mut record) = record else {
-        return expired();
+        return handoff_expired();
     };
     let host = headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_ascii_lowercase);
     if host.as_deref() != Some(record.host.to_ascii_lowercase().as_str()) {
-        return expired();
+        return handoff_expired();
     }
     match (&record.browser, record.confirmed) {
         // First step: tie the handoff to this browser, then let the auth host check it.
@@ -237,10 +236,10 @@ pub async fn session_handoff(
             if !held.is_some_and(|n| {
                 subtle::ConstantTimeEq::ct_eq(hashed(n).as_bytes(), bound.as_bytes()).into()
             }) {
-                return expired();
+                return handoff_expired();
             }
         }
-        (Some(_), false) => return expired(),
+        (Some(_), false) => return handoff_expired(),
     }
     let source = match b.signin.sessions.get(&record.session).await {
         Ok(Some(s))
@@ -249,7 +248,7 @@ pub async fn session_handoff(
         {
             s
         }
-        _ => return expired(),
+        _ => return handoff_expired(),
     };
     // A session this browser already had on this host gives way to the fresh one.
     if let Some(old) = b.session(&headers).await {
