@@ -303,6 +303,29 @@ pub fn copy_dir(from: &Path, to: &Path) {
 
 impl Gateway {
     pub fn start(opts: GatewayOptions) -> Gateway {
+        // A port picked free can be taken by a parallel test before the gateway binds it:
+        // such a start is tried again on other ports.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let gw = Gateway::launch(&opts);
+            match gw.wait_ready() {
+                Ok(()) => return gw,
+                Err(log)
+                    if attempts < 3
+                        && opts.port.is_none()
+                        && log.contains("Address already in use") =>
+                {
+                    drop(gw);
+                }
+                Err(log) => panic!("gateway did not become ready; log:\n{log}"),
+            }
+        }
+    }
+
+    /// Prepares a directory with the policies, files and config (on fresh ports unless
+    /// `opts.port` fixes one) and starts the gateway there.
+    fn launch(opts: &GatewayOptions) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&repo().join("policies"), &dir.path().join("policies"));
         if let Some(policies) = &opts.policies {
@@ -354,18 +377,17 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .expect("start twinward");
-        let gw = Gateway {
+        Gateway {
             dir,
             config,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             child,
-        };
-        gw.wait_ready();
-        gw
+        }
     }
 
-    fn wait_ready(&self) {
+    /// Waits for `/readyz`; the gateway's log if it never answers, or exits first.
+    fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if raw(
@@ -374,11 +396,14 @@ impl Gateway {
             )
             .is_ok_and(|r| r.status == 200)
             {
-                return;
+                return Ok(());
+            }
+            if self.log().contains("Address already in use") {
+                return Err(self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("gateway did not become ready; log:\n{}", self.log());
+        Err(self.log())
     }
 
     pub fn log(&self) -> String {
