@@ -218,20 +218,41 @@ const RAW_BUFFER: usize = 16 * 1024;
 /// Whether an idle twin connection has nothing to read. Bytes there (a late body to a HEAD,
 /// bytes past a length, an unsolicited 408) would be read as the next request's response,
 /// which may be another user's; end-of-stream means the twin closed it.
+///
+/// The runtime's readiness answers first, without a system call: reading the previous
+/// response to its end left the socket marked drained, and any byte or close that came
+/// since, up to the worker's last look at its events, marked it readable again. Only then
+/// is the socket itself asked. A worker takes in its events before it serves a request
+/// that woke it and, while busy, every few dozen tasks, so whatever came while the
+/// connection idled is seen; what lands in the
+/// last moments before reuse could equally land just after any check, which is why
+/// connections that may still carry a late body are never pooled at all.
 fn quiet(stream: &tokio::net::TcpStream) -> bool {
     use std::os::fd::AsRawFd;
-    let mut probe = 0u8;
-    // SAFETY: a one-byte buffer that lives across the call; MSG_PEEK leaves the byte in
-    // the socket and MSG_DONTWAIT keeps the call from blocking.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            std::ptr::addr_of_mut!(probe).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
+    let peek = || {
+        let mut probe = 0u8;
+        // SAFETY: a one-byte buffer that lives across the call; MSG_PEEK leaves the byte
+        // in the socket and MSG_DONTWAIT keeps the call from blocking.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                std::ptr::addr_of_mut!(probe).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n)
+        }
     };
-    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    // A `WouldBlock` from the peek also clears the readiness, so the read of this
+    // connection's next response waits for the twin instead of first trying in vain.
+    matches!(
+        stream.try_io(tokio::io::Interest::READABLE, peek),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
 }
 
 /// One route's idle HTTP/1.1 connections for the fast path: plain sockets, each with the
