@@ -813,11 +813,18 @@ impl Engine {
     }
 
     /// Loads `dir` anew. On any problem the current set stays in force and the problems are
-    /// returned.
-    pub fn reload(&self, dir: &Path) -> Result<Arc<Loaded>, Vec<PolicyProblem>> {
-        let bundle = loader::load_dir(dir)?;
+    /// returned, with the hashes of the files that were read.
+    pub fn reload(&self, dir: &Path) -> Result<Arc<Loaded>, loader::Rejection> {
+        let bundle = loader::load_dir_hashed(dir)?;
+        let file_hashes = bundle.file_hashes.clone();
         let generation = self.next_generation.fetch_add(1, Ordering::SeqCst);
-        let loaded = Arc::new(Loaded::compile(bundle, &self.twins, generation)?);
+        let loaded = Loaded::compile(bundle, &self.twins, generation).map_err(|problems| {
+            loader::Rejection {
+                problems,
+                file_hashes,
+            }
+        })?;
+        let loaded = Arc::new(loaded);
         self.current.store(loaded.clone());
         Ok(loaded)
     }

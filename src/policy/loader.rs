@@ -107,13 +107,28 @@ fn input_files(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// A policy directory that did not load: what is wrong with it, and the files as they were
+/// read, so the audit trail records the set that was refused rather than whatever is in the
+/// directory a moment later.
+#[derive(Debug)]
+pub struct Rejection {
+    pub problems: Vec<PolicyProblem>,
+    pub file_hashes: Vec<(String, String)>,
+}
+
 pub fn load_dir(dir: &Path) -> Result<PolicyBundle, Vec<PolicyProblem>> {
-    let names = input_files(dir).map_err(|e| {
-        vec![problem(
+    load_dir_hashed(dir).map_err(|r| r.problems)
+}
+
+/// [`load_dir`], with a rejection carrying the hashes of the files it read.
+pub fn load_dir_hashed(dir: &Path) -> Result<PolicyBundle, Rejection> {
+    let names = input_files(dir).map_err(|e| Rejection {
+        problems: vec![problem(
             "",
             None,
             format!("cannot read policy directory: {e}"),
-        )]
+        )],
+        file_hashes: Vec::new(),
     })?;
     let mut problems = Vec::new();
     let mut file_hashes = Vec::new();
@@ -260,7 +275,10 @@ pub fn load_dir(dir: &Path) -> Result<PolicyBundle, Vec<PolicyProblem>> {
             sources,
             file_hashes,
         }),
-        _ => Err(problems),
+        _ => Err(Rejection {
+            problems,
+            file_hashes,
+        }),
     }
 }
 
@@ -346,6 +364,24 @@ mod tests {
         let ids: Vec<String> = b.policies.policies().map(|p| p.id().to_string()).collect();
         assert!(ids.contains(&"viewers-read".to_owned()), "{ids:?}");
         assert!(ids.contains(&"a.cedar:4:3".to_owned()), "{ids:?}");
+    }
+
+    /// The audit trail names the refused set by the bytes that were parsed, not by what the
+    /// directory holds when someone looks again.
+    #[test]
+    fn a_rejection_carries_the_hashes_of_the_files_it_read() {
+        let bad = "permit(principal, action, resource) when { nonsense };\n";
+        let d = dir_with(&[("schema.cedarschema", SCHEMA), ("bad.cedar", bad)]);
+        let r = load_dir_hashed(d.path()).unwrap_err();
+        assert!(r.problems.iter().any(|p| p.file == "bad.cedar"), "{r:?}");
+        let expected = vec![
+            ("bad.cedar".to_owned(), hex::encode(Sha256::digest(bad))),
+            (
+                "schema.cedarschema".to_owned(),
+                hex::encode(Sha256::digest(SCHEMA)),
+            ),
+        ];
+        assert_eq!(r.file_hashes, expected);
     }
 
     #[test]

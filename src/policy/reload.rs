@@ -28,9 +28,9 @@ pub fn reload(engine: &Engine, dir: &Path) -> ReloadOutcome {
             policies: l.bundle.policies.num_of_policies(),
             file_hashes: l.bundle.file_hashes.clone(),
         },
-        Err(problems) => ReloadOutcome::Rejected {
-            problems,
-            file_hashes: super::loader::fingerprint(dir),
+        Err(rejection) => ReloadOutcome::Rejected {
+            problems: rejection.problems,
+            file_hashes: rejection.file_hashes,
         },
     }
 }
