@@ -68,37 +68,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Listening ports come from below the ephemeral range, so that no client socket (wrk's, the
-# proxies' upstream connections, anything else on the machine) can hold one by chance.
-EPHEMERAL_LOW="$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
-PORT_LOW=10000
-[ "$EPHEMERAL_LOW" -gt $((PORT_LOW + 1000)) ] || PORT_LOW=$((EPHEMERAL_LOW / 2))
-USED_PORTS=" "
-free_port() {
-  local p
-  for _ in $(seq 1 200); do
-    p=$((PORT_LOW + RANDOM % (EPHEMERAL_LOW - PORT_LOW)))
-    case "$USED_PORTS" in *" $p "*) continue ;; esac
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      USED_PORTS="$USED_PORTS$p "
-      echo "$p"
-      return
-    fi
-  done
-  die "no free port found"
-}
-
-# wait_status URL STATUS [curl args...]: until URL answers STATUS (10 s at most).
-wait_status() {
-  local url=$1 want=$2 got=""
-  shift 2
-  for _ in $(seq 1 200); do
-    got="$(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" || true)"
-    [ "$got" = "$want" ] && return 0
-    sleep 0.05
-  done
-  return 1
-}
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 
 # ---------------------------------------------------------------- build
 
@@ -115,11 +86,11 @@ fi
 UPSTREAM_BIN="$TARGET/production/examples/bench_upstream"
 [ -x "$TWINWARD" ] && [ -x "$UPSTREAM_BIN" ] || die "production binaries not found under $TARGET/production"
 
-UP_PORT="$(free_port)"
-NGINX_PORT="$(free_port)"
-TW_PORT="$(free_port)"
-TW_ADMIN_PORT="$(free_port)"
-RELAY_PORT="$(free_port)"
+free_port UP_PORT
+free_port NGINX_PORT
+free_port TW_PORT
+free_port TW_ADMIN_PORT
+free_port RELAY_PORT
 
 # ---------------------------------------------------------------- upstream
 

@@ -1,0 +1,38 @@
+# Helpers the bench scripts share; source it after defining `die MESSAGE`.
+
+# Listening ports come from below the ephemeral range, so that no client socket (wrk's, the
+# proxies' upstream connections, anything else on the machine) can hold one by chance.
+EPHEMERAL_LOW="$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+PORT_LOW=10000
+[ "$EPHEMERAL_LOW" -gt $((PORT_LOW + 1000)) ] || PORT_LOW=$((EPHEMERAL_LOW / 2))
+USED_PORTS=" "
+
+# free_port VAR: sets VAR to a port nothing listens on that no earlier call handed out. It
+# assigns rather than prints: a `$(...)` would run it in a subshell and forget the ports it
+# handed out, so two services started later could be given the same one.
+free_port() {
+  local -n free_port_var=$1
+  local candidate
+  for _ in $(seq 1 200); do
+    candidate=$((PORT_LOW + RANDOM % (EPHEMERAL_LOW - PORT_LOW)))
+    case "$USED_PORTS" in *" $candidate "*) continue ;; esac
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
+      USED_PORTS="$USED_PORTS$candidate "
+      free_port_var=$candidate
+      return
+    fi
+  done
+  die "no free port found"
+}
+
+# wait_status URL STATUS [curl args...]: until URL answers STATUS (10 s at most).
+wait_status() {
+  local url=$1 want=$2 got=""
+  shift 2
+  for _ in $(seq 1 200); do
+    got="$(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" || true)"
+    [ "$got" = "$want" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
