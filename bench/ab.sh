@@ -56,35 +56,9 @@ wait_status "http://127.0.0.1:$UP_PORT/plant-7/state" 200 || die "upstream did n
 URLS=() TOKENS=() GW_PIDS=()
 for i in 0 1; do
   dir="$WORK/gw$i"
-  mkdir -p "$dir"
-  cp -R "$REPO/policies" "$dir/policies"
   free_port port
   free_port admin_port
-  cat >"$dir/twinward.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-admin_listen = "127.0.0.1:$admin_port"
-workers = $WORKERS
-
-[storage]
-url = "sqlite://$dir/twinward.db"
-
-[credentials]
-keys_dir = "$dir/keys"
-
-[policy]
-dir = "$dir/policies"
-
-[log]
-level = "warn"
-
-[[routes]]
-name = "plant-7"
-path_prefix = "/plant-7"
-upstream = "http://127.0.0.1:$UP_PORT"
-twin = "plant-7"
-attributes = { environment = "twin", site = "plant-7", sensitivity = 2 }
-TOML
+  gateway_dir "$dir" "$port" "$admin_port" "$UP_PORT" "$WORKERS"
   token="$("${BINS[$i]}" token create --config "$dir/twinward.toml" --service-account bench-sim \
     --role sim-runner --ttl 1d 2>"$dir/token.log")" || die "token create failed: $(cat "$dir/token.log")"
   "${BINS[$i]}" serve --config "$dir/twinward.toml" 2>"$dir/serve.log" &

@@ -36,3 +36,38 @@ wait_status() {
   done
   return 1
 }
+
+# gateway_dir DIR PORT ADMIN_PORT UPSTREAM_PORT WORKERS: a twinward data directory with a copy
+# of the shipped policies and a twinward.toml serving the bench route. plant-7 (sensitivity
+# 2, environment "twin") is in the shipped entities; policy "sim-runners-sandbox" lets a
+# service account with role sim-runner read it.
+gateway_dir() {
+  local dir=$1 port=$2 admin=$3 upstream=$4 workers=$5
+  mkdir -p "$dir"
+  cp -R "$REPO/policies" "$dir/policies"
+  cat >"$dir/twinward.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+admin_listen = "127.0.0.1:$admin"
+workers = $workers
+
+[storage]
+url = "sqlite://$dir/twinward.db"
+
+[credentials]
+keys_dir = "$dir/keys"
+
+[policy]
+dir = "$dir/policies"
+
+[log]
+level = "warn"
+
+[[routes]]
+name = "plant-7"
+path_prefix = "/plant-7"
+upstream = "http://127.0.0.1:$upstream"
+twin = "plant-7"
+attributes = { environment = "twin", site = "plant-7", sensitivity = 2 }
+TOML
+}

@@ -180,35 +180,7 @@ fi
 
 # ---------------------------------------------------------------- twinward
 
-mkdir -p "$WORK/twinward"
-cp -R "$REPO/policies" "$WORK/twinward/policies"
-# plant-7 (sensitivity 2, environment "twin") is in the shipped entities; policy
-# "sim-runners-sandbox" lets a service account with role sim-runner read it.
-cat >"$WORK/twinward/twinward.toml" <<TOML
-[server]
-listen = "127.0.0.1:$TW_PORT"
-admin_listen = "127.0.0.1:$TW_ADMIN_PORT"
-workers = $WORKERS
-
-[storage]
-url = "sqlite://$WORK/twinward/twinward.db"
-
-[credentials]
-keys_dir = "$WORK/twinward/keys"
-
-[policy]
-dir = "$WORK/twinward/policies"
-
-[log]
-level = "warn"
-
-[[routes]]
-name = "plant-7"
-path_prefix = "/plant-7"
-upstream = "http://127.0.0.1:$UP_PORT"
-twin = "plant-7"
-attributes = { environment = "twin", site = "plant-7", sensitivity = 2 }
-TOML
+gateway_dir "$WORK/twinward" "$TW_PORT" "$TW_ADMIN_PORT" "$UP_PORT" "$WORKERS"
 TW_CONFIG="$WORK/twinward/twinward.toml"
 TOKEN="$("$TWINWARD" token create --config "$TW_CONFIG" --service-account bench-sim \
   --role sim-runner --ttl 1d 2>"$WORK/twinward/token.log")" \
