@@ -1292,6 +1292,18 @@ async fn the_token_api_creates_scoped_tokens_for_the_signed_in_user_only() {
     assert_eq!(status, 401);
 }
 
+/// `page`, a browser the handoff was carried into, is not signed in on the twin host: asking
+/// for `twin_url` leaves it elsewhere, and the twin saw no request beyond the `before` it had.
+async fn assert_not_signed_in(page: &Page, env: &SigninEnv, twin_url: &str, before: usize) {
+    page.goto(twin_url).await;
+    assert_ne!(
+        page.url().await,
+        twin_url,
+        "the other browser is signed in on the twin host"
+    );
+    assert_eq!(env.up.count(), before);
+}
+
 /// A route on another host: after signing in on the auth host, the browser reaches it
 /// through a single-use handoff code that host redeems for its own cookie; the code cannot
 /// be used twice; logging out on the auth host ends the route host's session too.
@@ -1398,13 +1410,7 @@ async fn a_session_is_handed_to_another_route_host_once_and_ends_with_logout() {
     );
     assert_eq!(victim.last_document_status(), Some(400));
     let before = env.up.count();
-    victim.goto(&b_url).await;
-    assert_ne!(
-        victim.url().await,
-        b_url,
-        "the other browser is signed in on the twin host"
-    );
-    assert_eq!(env.up.count(), before);
+    assert_not_signed_in(&victim, &env, &b_url, before).await;
 
     // Nor does the last step's code, taken through the first two by the attacker: the
     // route host wants the cookie it set in the browser the handoff started in.
@@ -1430,13 +1436,7 @@ async fn a_session_is_handed_to_another_route_host_once_and_ends_with_logout() {
     let victim = browser.new_page().await;
     victim.goto(&last).await;
     assert_eq!(victim.last_document_status(), Some(400));
-    victim.goto(&b_url).await;
-    assert_ne!(
-        victim.url().await,
-        b_url,
-        "the other browser is signed in on the twin host"
-    );
-    assert_eq!(env.up.count(), before);
+    assert_not_signed_in(&victim, &env, &b_url, before).await;
 
     // Logging out on the auth host ends the twin host's session as well.
     page.goto(&env.url("/.twinward/")).await;
