@@ -1,7 +1,7 @@
-//! What the audit writer pays per event: `AuditAppender::append` on SQLite (chain hashing,
-//! JSON of the detail, the insert, the commit and the WAL checkpoints it triggers) for
+//! What the audit writer pays per event: `AuditAppender::append` on SQLite (the event's
+//! JSON, chain hashing, the insert, the commit and the WAL checkpoints it triggers) for
 //! transactions of 512 typical access events, as the writer commits them, and of 128 for
-//! comparison; and linking one event into the chain alone (its canonical JSON and hash).
+//! comparison; and linking one event into the chain alone (its JSON and hash).
 //! `cargo bench --bench audit`; throughput is in events.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};

@@ -911,7 +911,7 @@ fn audit(cmd: AuditCmd) -> Result<ExitCode, Failure> {
                     let Some(last) = page.last() else { break };
                     cursor = last.seq;
                     for e in &page {
-                        println!("{}", serde_json::to_string(e).map_err(runtime)?);
+                        println!("{}", e.export_line().map_err(runtime)?);
                     }
                 }
                 Ok(ExitCode::SUCCESS)

@@ -1,32 +1,35 @@
-//! The hash chain. `hash = SHA-256(prev_hash ‖ 0x0a ‖ seq ‖ 0x0a ‖ canonical JSON of the
-//! event)`; the first event's `prev_hash` is [`GENESIS`]. Canonical JSON is serde_json's
-//! compact output of [`OwnedEvent`]: fixed field order, the detail's keys in the order they
-//! were written (verification parses the stored detail and writes it again, which keeps
-//! that order because this crate enables serde_json's `preserve_order`). The writer produces
-//! the same bytes with its own writer (`audit/json.rs`).
+//! The hash chain. `hash = SHA-256(prev_hash ‖ 0x0a ‖ seq ‖ 0x0a ‖ event text)`; the first
+//! event's `prev_hash` is [`GENESIS`]. The event text is the event's JSON as the writer
+//! wrote it (`audit/json.rs`, byte for byte serde_json's compact output of the event), and
+//! it is stored as it was hashed: verification hashes the stored bytes themselves, so it
+//! depends on no serializer writing an event the same way twice.
 
-use super::{AuditEvent, StoredEvent};
+use super::StoredEvent;
 use sha2::{Digest, Sha256};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// `event` is an [`super::OwnedEvent`] or an [`super::AuditEvent`]; both serialize identically.
-pub fn hash_event<E: serde::Serialize>(prev_hash: &str, seq: i64, event: &E) -> String {
-    // Serializing plain data cannot fail; a failure would leave a hash that never verifies.
-    let json = serde_json::to_vec(event).unwrap_or_default();
-    HexHash::of(&chain_digest(prev_hash.as_bytes(), seq, &json))
+/// The hash of an event stored as `text` at `seq` after `prev_hash`.
+pub fn hash_text(prev_hash: &str, seq: i64, text: &str) -> String {
+    HexHash::of(&chain_digest(prev_hash.as_bytes(), seq, text.as_bytes()))
         .as_str()
         .to_owned()
 }
 
-fn chain_digest(prev_hash: &[u8], seq: i64, canonical: &[u8]) -> [u8; 32] {
+/// The hash of `event` as the writer would store it at `seq` after `prev_hash`.
+#[cfg(test)]
+pub fn hash_event<E: serde::Serialize>(prev_hash: &str, seq: i64, event: &E) -> String {
+    hash_text(prev_hash, seq, &serde_json::to_string(event).unwrap())
+}
+
+fn chain_digest(prev_hash: &[u8], seq: i64, text: &[u8]) -> [u8; 32] {
     let mut seq_text = itoa::Buffer::new();
     let mut h = Sha256::new();
     h.update(prev_hash);
     h.update(b"\n");
     h.update(seq_text.format(seq).as_bytes());
     h.update(b"\n");
-    h.update(canonical);
+    h.update(text);
     h.finalize().into()
 }
 
@@ -64,9 +67,8 @@ impl std::fmt::Debug for HexHash {
 }
 
 /// Links events into the chain one after another, continuing from the stored tail. Each
-/// event's canonical JSON is written once into a buffer the writer keeps; the hash is taken
-/// over it, and the stored policy list and detail are slices of the same text, so what is
-/// stored is exactly what was hashed.
+/// event's text is written once into a buffer the writer keeps; the hash is taken over it
+/// and the same bytes are stored.
 pub struct ChainWriter {
     seq: i64,
     prev: HexHash,
@@ -77,10 +79,8 @@ pub struct ChainWriter {
 pub struct Linked<'a> {
     pub seq: i64,
     pub hash: HexHash,
-    /// The determining policy ids as a JSON array.
-    pub policies: &'a str,
-    /// The detail as a JSON object.
-    pub detail: &'a str,
+    /// The event as a JSON object: what was hashed, to be stored as it is.
+    pub text: &'a str,
 }
 
 impl Default for ChainWriter {
@@ -113,23 +113,23 @@ impl ChainWriter {
         self.prev = HexHash([b'0'; 64]);
     }
 
-    /// Links the next event: `hash = SHA-256(prev_hash ‖ 0x0a ‖ seq ‖ 0x0a ‖ canonical JSON)`.
-    pub fn link(&mut self, e: &AuditEvent) -> Linked<'_> {
+    /// Links the next event: `hash = SHA-256(prev_hash ‖ 0x0a ‖ seq ‖ 0x0a ‖ event text)`.
+    pub fn link(&mut self, e: &super::AuditEvent) -> Linked<'_> {
         self.seq += 1;
         self.json.clear();
         if self.json.capacity() > 1 << 20 {
             // One huge event must not pin a megabyte for the writer's lifetime.
             self.json = Vec::with_capacity(1024);
         }
-        let parts = super::json::write_canonical(&mut self.json, e);
-        self.prev = HexHash::of(&chain_digest(&self.prev.0, self.seq, &self.json));
-        // The JSON writer writes whole UTF-8 strings and ASCII around them.
-        let text = |r: std::ops::Range<usize>| std::str::from_utf8(&self.json[r]).unwrap_or("null");
+        super::json::write_event(&mut self.json, e);
+        // The JSON writer writes whole UTF-8 strings and ASCII around them, so this never
+        // falls back; whatever text is stored is the text that was hashed.
+        let text = std::str::from_utf8(&self.json).unwrap_or("{}");
+        self.prev = HexHash::of(&chain_digest(&self.prev.0, self.seq, text.as_bytes()));
         Linked {
             seq: self.seq,
             hash: self.prev,
-            policies: text(parts.policies),
-            detail: text(parts.detail),
+            text,
         }
     }
 }
@@ -162,7 +162,7 @@ pub fn verify_chain(
         if e.prev_hash != hash {
             return Err(ChainError::Link { seq: e.seq });
         }
-        if hash_event(&e.prev_hash, e.seq, &e.event) != e.hash {
+        if hash_text(&e.prev_hash, e.seq, &e.text) != e.hash {
             return Err(ChainError::Content { seq: e.seq });
         }
         seq = e.seq;
@@ -174,7 +174,7 @@ pub fn verify_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{Detail, OwnedEvent};
+    use crate::audit::{AuditEvent, Detail, OwnedEvent};
     use crate::clock::Timestamp;
 
     #[test]
@@ -200,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_links_events_as_verification_recomputes_them() {
+    fn the_writer_stores_the_text_it_hashed_and_it_reads_back_as_the_event() {
         let mut access = AuditEvent::new("access", "allow", Timestamp::from_unix_secs(1_000));
         access.actor = Some("ci \"runner\"".into());
         access.route = Some("plant-7".into());
@@ -217,14 +217,12 @@ mod tests {
         for (seq, e) in [(42, &access), (43, &other)] {
             let l = w.link(e);
             assert_eq!(l.seq, seq);
-            let owned = OwnedEvent::from(e);
-            assert_eq!(l.hash.as_str(), hash_event(&prev, seq, &owned));
-            assert_eq!(l.hash.as_str(), hash_event(&prev, seq, e));
-            // What is stored reads back as the event's own parts.
-            let detail: serde_json::Value = serde_json::from_str(l.detail).unwrap();
-            assert_eq!(detail, owned.detail);
-            let policies: Vec<String> = serde_json::from_str(l.policies).unwrap();
-            assert_eq!(policies[..], e.policies[..]);
+            assert_eq!(l.hash.as_str(), hash_text(&prev, seq, l.text));
+            // The text is serde_json's own form of the event (rows stored before the text
+            // column were hashed over that form), and it reads back as the event.
+            assert_eq!(l.text, serde_json::to_string(e).unwrap());
+            let read: OwnedEvent = serde_json::from_str(l.text).unwrap();
+            assert_eq!(read, OwnedEvent::from(e));
             prev = l.hash.as_str().to_owned();
         }
         assert!(w.continue_after(1, "not a hash").is_none());

@@ -1,12 +1,11 @@
-//! The audit writer's JSON, written directly: the stored detail of an access event and the
-//! canonical form of an event that the chain hashes. Byte for byte what serde_json writes
-//! for the same values (tests compare the two on generated events); only cheaper, because
-//! strings that need no escaping, nearly all of them, are copied as they are instead of
-//! being escaped a byte at a time.
+//! The audit writer's JSON, written directly: the text of an event that is stored and that
+//! the chain hashes. Byte for byte what serde_json writes for the same values (tests
+//! compare the two on generated events); only cheaper, because strings that need no
+//! escaping, nearly all of them, are copied as they are instead of being escaped a byte at
+//! a time.
 
 use super::{AccessDetail, AuditEvent, Detail};
 use std::io::Write;
-use std::ops::Range;
 
 /// A JSON string, escaped exactly as serde_json escapes it.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -115,16 +114,9 @@ pub fn write_access_detail(out: &mut Vec<u8>, d: &AccessDetail) {
     out.push(b'}');
 }
 
-/// Where the stored columns lie within an event's canonical JSON.
-pub struct Parts {
-    pub policies: Range<usize>,
-    pub detail: Range<usize>,
-}
-
-/// The canonical form of an event (`serde_json::to_writer(&event)`), which the chain hashes.
-/// The stored policy list and detail are the same bytes as their part of it, so the writer
-/// writes each event's JSON once and stores slices of it.
-pub fn write_canonical(out: &mut Vec<u8>, e: &AuditEvent) -> Parts {
+/// An event's stored text, which the chain hashes: what `serde_json::to_writer(&event)`
+/// writes.
+pub fn write_event(out: &mut Vec<u8>, e: &AuditEvent) {
     out.extend_from_slice(b"{\"event_id\":");
     push_str(out, &e.event_id);
     out.extend_from_slice(b",\"at_ms\":");
@@ -142,11 +134,8 @@ pub fn write_canonical(out: &mut Vec<u8>, e: &AuditEvent) -> Parts {
     out.extend_from_slice(b",\"action\":");
     push_opt_str(out, e.action);
     out.extend_from_slice(b",\"policies\":");
-    let start = out.len();
     push_str_array(out, &e.policies);
-    let policies = start..out.len();
     out.extend_from_slice(b",\"detail\":");
-    let start = out.len();
     match &e.detail {
         Detail::Access(d) => write_access_detail(out, d),
         // Writing plain JSON values into a Vec cannot fail.
@@ -154,9 +143,7 @@ pub fn write_canonical(out: &mut Vec<u8>, e: &AuditEvent) -> Parts {
             let _ = serde_json::to_writer(&mut *out, v);
         }
     }
-    let detail = start..out.len();
     out.push(b'}');
-    Parts { policies, detail }
 }
 
 #[cfg(test)]
@@ -254,11 +241,9 @@ mod tests {
             write_access_detail(&mut fast, d);
             prop_assert_eq!(&fast, &serde_json::to_vec(d.as_ref()).unwrap());
 
-            let mut canonical = Vec::new();
-            let parts = write_canonical(&mut canonical, &e);
-            prop_assert_eq!(&canonical, &serde_json::to_vec(&e).unwrap());
-            prop_assert_eq!(&canonical[parts.policies], serde_json::to_vec(&e.policies).unwrap());
-            prop_assert_eq!(&canonical[parts.detail], serde_json::to_vec(&e.detail).unwrap());
+            let mut text = Vec::new();
+            write_event(&mut text, &e);
+            prop_assert_eq!(&text, &serde_json::to_vec(&e).unwrap());
         }
 
         #[test]
@@ -272,10 +257,9 @@ mod tests {
                 m.insert(k.clone(), serde_json::json!({ "v": v, "n": [1, null, true] }));
             }
             e.detail = Detail::Json(serde_json::Value::Object(m));
-            let mut canonical = Vec::new();
-            let parts = write_canonical(&mut canonical, &e);
-            prop_assert_eq!(&canonical, &serde_json::to_vec(&e).unwrap());
-            prop_assert_eq!(&canonical[parts.detail], serde_json::to_vec(&e.detail).unwrap());
+            let mut text = Vec::new();
+            write_event(&mut text, &e);
+            prop_assert_eq!(&text, &serde_json::to_vec(&e).unwrap());
         }
     }
 }

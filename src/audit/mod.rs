@@ -183,18 +183,60 @@ pub fn new_id() -> String {
         .to_owned()
 }
 
-/// An event as stored, with its place in the chain.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// An event as stored: its text (the JSON the chain hashed, as it was hashed) and its place
+/// in the chain.
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
     pub seq: i64,
-    #[serde(flatten)]
-    pub event: OwnedEvent,
+    pub text: String,
     pub prev_hash: String,
     pub hash: String,
 }
 
+/// A stored event whose text is not an event: it was written by hand.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "audit event {seq}: the stored text is not an event ({source}); run `twinward audit verify`"
+)]
+pub struct UnreadableEvent {
+    pub seq: i64,
+    source: serde_json::Error,
+}
+
+impl StoredEvent {
+    pub fn event(&self) -> Result<OwnedEvent, UnreadableEvent> {
+        serde_json::from_str(&self.text).map_err(|source| UnreadableEvent {
+            seq: self.seq,
+            source,
+        })
+    }
+
+    /// The event as `twinward audit export` prints it: one JSON object with its seq, its
+    /// fields, `prev_hash` and `hash`.
+    pub fn export_line(&self) -> Result<String, UnreadableEvent> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            seq: i64,
+            #[serde(flatten)]
+            event: OwnedEvent,
+            prev_hash: &'a str,
+            hash: &'a str,
+        }
+        let line = Line {
+            seq: self.seq,
+            event: self.event()?,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        };
+        serde_json::to_string(&line).map_err(|source| UnreadableEvent {
+            seq: self.seq,
+            source,
+        })
+    }
+}
+
 /// [`AuditEvent`] as read back (kinds and outcomes as owned strings).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct OwnedEvent {
     pub event_id: String,
     pub at_ms: i64,

@@ -444,7 +444,11 @@ mod tests {
         // Handing the drain back and forth never reorders: the chain holds the events in
         // the order they were queued.
         for (i, e) in stored.iter().enumerate() {
-            assert_eq!(e.event.at_ms, i as i64 * 1000, "event {i} out of order");
+            assert_eq!(
+                e.event().unwrap().at_ms,
+                i as i64 * 1000,
+                "event {i} out of order"
+            );
         }
     }
 }

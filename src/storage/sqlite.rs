@@ -67,6 +67,7 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StorageError::Migration(e.to_string()))?;
+        convert_column_audit_rows(&pool).await?;
         Ok(SqliteStore {
             pool,
             path: file_path(url),
@@ -134,25 +135,83 @@ fn passkey_from_row(r: &SqliteRow) -> Result<PasskeyRecord, StorageError> {
 }
 
 fn event_from_row(r: &SqliteRow) -> Result<StoredEvent, StorageError> {
-    let detail: String = r.try_get("detail")?;
     Ok(StoredEvent {
         seq: r.try_get("seq")?,
-        event: OwnedEvent {
-            event_id: r.try_get("event_id")?,
-            at_ms: r.try_get("at_ms")?,
-            kind: r.try_get("kind")?,
-            outcome: r.try_get("outcome")?,
-            actor: r.try_get("actor")?,
-            actor_pseudonym: r.try_get("actor_pseudonym")?,
-            route: r.try_get("route")?,
-            action: r.try_get("action")?,
-            policies: json_list(&r.try_get::<String, _>("policies")?)?,
-            detail: serde_json::from_str(&detail)
-                .map_err(|e| StorageError::Corrupt(format!("detail: {e}")))?,
-        },
+        text: r.try_get("event")?,
         prev_hash: r.try_get("prev_hash")?,
         hash: r.try_get("hash")?,
     })
+}
+
+/// A row of the column layout (before migration 20261127000001) as the text the chain
+/// hashed for it: serde_json's form of the event, which is what the writer wrote then too.
+fn column_row_text(r: &SqliteRow) -> Result<String, StorageError> {
+    let seq: i64 = r.try_get("seq")?;
+    let corrupt = |what: &str, e: serde_json::Error| {
+        StorageError::Corrupt(format!(
+            "audit event {seq}: {what} is not JSON ({e}); the rows stay in audit_events_columns"
+        ))
+    };
+    let event = OwnedEvent {
+        event_id: r.try_get("event_id")?,
+        at_ms: r.try_get("at_ms")?,
+        kind: r.try_get("kind")?,
+        outcome: r.try_get("outcome")?,
+        actor: r.try_get("actor")?,
+        actor_pseudonym: r.try_get("actor_pseudonym")?,
+        route: r.try_get("route")?,
+        action: r.try_get("action")?,
+        policies: serde_json::from_str(&r.try_get::<String, _>("policies")?)
+            .map_err(|e| corrupt("policies", e))?,
+        detail: serde_json::from_str(&r.try_get::<String, _>("detail")?)
+            .map_err(|e| corrupt("detail", e))?,
+    };
+    serde_json::to_string(&event).map_err(|e| corrupt("the event", e))
+}
+
+/// Moves audit rows of the column layout into `audit_events` as text, each with the hash it
+/// was stored with (never a recomputed one: an edit made to a row before the move still
+/// fails verification after it). One transaction: a failure leaves every row where it was.
+async fn convert_column_audit_rows(pool: &SqlitePool) -> Result<(), StorageError> {
+    const LEGACY: &str =
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_events_columns'";
+    if sqlx::query(LEGACY).fetch_optional(pool).await?.is_none() {
+        return Ok(());
+    }
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    // Another process may have moved them while this one waited for the lock.
+    if sqlx::query(LEGACY)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let mut after = 0i64;
+    loop {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, at_ms, kind, outcome, actor, actor_pseudonym, route, action, policies, detail, hash
+             FROM audit_events_columns WHERE seq > ? ORDER BY seq LIMIT 5000",
+        )
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.try_get("seq")?;
+        for r in &rows {
+            sqlx::query(INSERT_AUDIT)
+                .bind(r.try_get::<i64, _>("seq")?)
+                .bind(column_row_text(r)?)
+                .bind(r.try_get::<String, _>("hash")?)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    sqlx::query("DROP TABLE audit_events_columns")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 const TOKEN_COLUMNS: &str = "id, token_hash, display_prefix, service_account, owner, roles, twins, created_at, expires_at, revoked_at, user_subject";
@@ -164,7 +223,7 @@ pub struct SqliteAuditAppender {
     chain: ChainWriter,
 }
 
-const INSERT_AUDIT: &str = "INSERT INTO audit_events (seq, event_id, at_ms, kind, outcome, actor, actor_pseudonym, route, action, policies, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+const INSERT_AUDIT: &str = "INSERT INTO audit_events (seq, event, hash) VALUES (?1, ?2, ?3)";
 const AUDIT_TAIL: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
 
 /// Points `chain` after the stored tail. The tail is read inside each appending transaction:
@@ -220,20 +279,7 @@ impl super::AuditAppender for SqliteAuditAppender {
             let mut insert = tx.prepare_cached(INSERT_AUDIT)?;
             for e in events {
                 let l = self.chain.link(e);
-                insert.execute(rusqlite::params![
-                    l.seq,
-                    e.event_id,
-                    e.at_ms,
-                    e.kind,
-                    e.outcome,
-                    e.actor,
-                    e.actor_pseudonym,
-                    e.route,
-                    e.action,
-                    l.policies,
-                    l.detail,
-                    l.hash.as_str(),
-                ])?;
+                insert.execute(rusqlite::params![l.seq, l.text, l.hash.as_str()])?;
             }
         }
         tx.commit()?;
@@ -365,16 +411,7 @@ impl Store for SqliteStore {
                 let l = chain.link(e);
                 sqlx::query(INSERT_AUDIT)
                     .bind(l.seq)
-                    .bind(e.event_id.as_str())
-                    .bind(e.at_ms)
-                    .bind(e.kind)
-                    .bind(e.outcome)
-                    .bind(e.actor.as_deref())
-                    .bind(e.actor_pseudonym.as_deref())
-                    .bind(e.route.as_deref())
-                    .bind(e.action)
-                    .bind(l.policies)
-                    .bind(l.detail)
+                    .bind(l.text)
                     .bind(l.hash.as_str())
                     .execute(&mut *tx)
                     .await?;
@@ -393,7 +430,7 @@ impl Store for SqliteStore {
             // Each row's prev_hash is the previous row's hash (genesis before the first);
             // verification then recomputes every hash from it.
             let rows = sqlx::query(
-                "SELECT a.*, COALESCE((SELECT p.hash FROM audit_events p WHERE p.seq = a.seq - 1), ?) AS prev_hash
+                "SELECT a.seq, a.event, a.hash, COALESCE((SELECT p.hash FROM audit_events p WHERE p.seq = a.seq - 1), ?) AS prev_hash
                  FROM audit_events a WHERE a.seq > ? ORDER BY a.seq LIMIT ?",
             )
             .bind(GENESIS)
@@ -602,9 +639,10 @@ mod tests {
         let stored = s.audit_events(0, 100).await.unwrap();
         assert_eq!(stored.len(), 7);
         verify_chain(&stored, 0, GENESIS).unwrap();
-        assert_eq!(stored[0].event.detail["client_ip"], "192.0.2.7");
-        assert_eq!(stored[6].event.detail["path"], "/p/6");
-        assert_eq!(stored[6].event.policies, ["p6"]);
+        for (e, stored) in evs.iter().zip(&stored) {
+            assert_eq!(stored.event().unwrap(), OwnedEvent::from(e));
+        }
+        assert_eq!(stored[0].event().unwrap().detail["client_ip"], "192.0.2.7");
         // In-memory databases have no second connection: the pool writes there.
         assert!(SqliteStore::open("sqlite::memory:")
             .await
@@ -628,20 +666,24 @@ mod tests {
         let stored = s.audit_events(0, 100).await.unwrap();
         verify_chain(&stored, 0, GENESIS).unwrap();
 
-        let mut forged = stored[2].event.clone();
-        forged.outcome = "allow".into();
-        let rehashed = crate::audit::chain::hash_event(&stored[1].hash, 3, &forged);
+        let forged = stored[2]
+            .text
+            .replace(r#""outcome":"deny""#, r#""outcome":"allow""#);
+        assert_ne!(forged, stored[2].text);
+        let rehashed = crate::audit::chain::hash_text(&stored[1].hash, 3, &forged);
         sqlx::query("DROP TRIGGER audit_events_no_update")
             .execute(&s.pool)
             .await
             .unwrap();
-        sqlx::query("UPDATE audit_events SET outcome = 'allow', hash = ? WHERE seq = 3")
+        sqlx::query("UPDATE audit_events SET event = ?, hash = ? WHERE seq = 3")
+            .bind(&forged)
             .bind(&rehashed)
             .execute(&s.pool)
             .await
             .unwrap();
         let tampered = s.audit_events(0, 100).await.unwrap();
         assert_eq!(tampered[2].hash, rehashed);
+        assert_eq!(tampered[2].event().unwrap().outcome, "allow");
         assert_eq!(tampered[3].prev_hash, rehashed);
         assert_eq!(
             verify_chain(&tampered, 0, GENESIS),
@@ -653,74 +695,167 @@ mod tests {
         assert_eq!(page[0].prev_hash, rehashed);
     }
 
-    /// A database written before the lean audit row keeps its chain through the migration.
-    #[tokio::test]
-    async fn the_lean_audit_migration_keeps_an_existing_chain() {
-        let d = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/old.db", d.path().display());
-        {
-            let pool = plain_pool(&url).await;
-            let mut before = sqlx::migrate!("./migrations/sqlite");
-            before.migrations = before
-                .migrations
-                .iter()
-                .filter(|m| m.version < 20261126000002)
-                .cloned()
-                .collect::<Vec<_>>()
+    /// A database migrated up to (not including) `version`, with `events` appended to its
+    /// audit table as the writer of that layout stored them; returns their hashes.
+    async fn database_before(url: &str, version: i64, events: &[AuditEvent]) -> Vec<String> {
+        let pool = plain_pool(url).await;
+        let mut before = sqlx::migrate!("./migrations/sqlite");
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(&pool).await.unwrap();
+        // The first layout kept each row's prev_hash; the lean one takes it from the row before.
+        let with_prev = version <= 20261126000002;
+        let mut prev = GENESIS.to_owned();
+        let mut hashes = Vec::new();
+        for (seq, e) in (1..).zip(events) {
+            let hash = crate::audit::chain::hash_event(&prev, seq, e);
+            let sql = if with_prev {
+                "INSERT INTO audit_events (seq, event_id, at_ms, kind, outcome, actor, route, action, policies, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            } else {
+                "INSERT INTO audit_events (seq, event_id, at_ms, kind, outcome, actor, route, action, policies, detail, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            };
+            let mut q = sqlx::query(sql)
+                .bind(seq)
+                .bind(&e.event_id)
+                .bind(e.at_ms)
+                .bind(e.kind)
+                .bind(e.outcome)
+                .bind(e.actor.as_deref())
+                .bind(e.route.as_deref())
+                .bind(e.action)
+                .bind(serde_json::to_string(&e.policies).unwrap())
+                .bind(serde_json::to_string(&e.detail).unwrap());
+            if with_prev {
+                q = q.bind(&prev);
+            }
+            q.bind(&hash).execute(&pool).await.unwrap();
+            hashes.push(hash.clone());
+            prev = hash;
+        }
+        pool.close().await;
+        hashes
+    }
+
+    /// Events of every kind of detail, with text that needs escaping.
+    fn varied_events() -> Vec<AuditEvent> {
+        let mut access = AuditEvent::new("access", "deny", Timestamp::from_unix_secs(1));
+        access.actor = Some("ci \"runner\"".into());
+        access.route = Some("plant-7".into());
+        access.action = Some("read");
+        access.policies = vec!["p1".into(), "p\u{e9}".into()].into();
+        access.detail =
+            crate::audit::Detail::Access(crate::audit::tests::sample_detail(Some("denied")));
+        let mut reload = AuditEvent::new("policy.reload", "ok", Timestamp::from_unix_secs(2));
+        reload.detail =
+            serde_json::json!({ "z": 1.5, "a": { "y": [1, "\u{fc}"], "b": null }, "m": "x\ny" })
                 .into();
-            before.run(&pool).await.unwrap();
-            let mut prev = GENESIS.to_owned();
-            for seq in 1..=3i64 {
-                let mut e = AuditEvent::new("access", "allow", Timestamp::from_unix_secs(seq));
-                e.route = Some("plant-7".into());
-                e.policies = vec![format!("p{seq}")].into();
-                let hash = crate::audit::chain::hash_event(&prev, seq, &e);
-                sqlx::query("INSERT INTO audit_events (seq, event_id, at_ms, kind, outcome, route, policies, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, '{}', ?, ?)")
-                    .bind(seq)
-                    .bind(&e.event_id)
-                    .bind(e.at_ms)
-                    .bind(e.kind)
-                    .bind(e.outcome)
-                    .bind(e.route.as_deref())
-                    .bind(serde_json::to_string(&e.policies).unwrap())
-                    .bind(&prev)
-                    .bind(&hash)
-                    .execute(&pool)
+        let token = AuditEvent::new("token.create", "ok", Timestamp::from_unix_secs(3));
+        vec![access, reload, token]
+    }
+
+    /// Databases of both earlier row layouts open with their chains intact: every row reads
+    /// back as the event it was, keeps its hash, verifies, and the chain goes on from it.
+    #[tokio::test]
+    async fn column_layout_rows_become_text_rows_with_their_hashes() {
+        let d = tempfile::tempdir().unwrap();
+        let events = varied_events();
+        for version in [20261126000002, 20261127000001] {
+            let url = format!("sqlite://{}/v{version}.db", d.path().display());
+            let hashes = database_before(&url, version, &events).await;
+            let s = SqliteStore::open(&url).await.unwrap();
+            let mut appender = s.audit_appender().unwrap().unwrap();
+            let next = AuditEvent::new("token.revoke", "ok", Timestamp::from_unix_secs(9));
+            appender.append(std::slice::from_ref(&next)).unwrap();
+            let stored = s.audit_events(0, 100).await.unwrap();
+            assert_eq!(stored.len(), 4, "{version}");
+            verify_chain(&stored, 0, GENESIS).unwrap();
+            for (i, e) in events.iter().chain([&next]).enumerate() {
+                assert_eq!(stored[i].event().unwrap(), OwnedEvent::from(e), "{version}");
+            }
+            let kept: Vec<_> = stored[..3].iter().map(|e| e.hash.clone()).collect();
+            assert_eq!(kept, hashes, "{version}");
+            let tables: Vec<(String,)> = sqlx::query_as(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'audit%'",
+            )
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+            assert_eq!(tables, [("audit_events".to_owned(),)], "{version}");
+            let indexes: Vec<(String,)> =
+                sqlx::query_as("SELECT name FROM pragma_index_list('audit_events')")
+                    .fetch_all(&s.pool)
                     .await
                     .unwrap();
-                prev = hash;
-            }
-            pool.close().await;
-        }
-        let s = SqliteStore::open(&url).await.unwrap();
-        let mut appender = s.audit_appender().unwrap().unwrap();
-        appender
-            .append(&[AuditEvent::new(
-                "token.create",
-                "ok",
-                Timestamp::from_unix_secs(9),
-            )])
-            .unwrap();
-        let stored = s.audit_events(0, 100).await.unwrap();
-        assert_eq!(stored.len(), 4);
-        assert_eq!(stored[2].event.policies, ["p3"]);
-        verify_chain(&stored, 0, GENESIS).unwrap();
-        let indexes: Vec<(String,)> =
-            sqlx::query_as("SELECT name FROM pragma_index_list('audit_events')")
-                .fetch_all(&s.pool)
-                .await
-                .unwrap();
-        assert!(indexes.is_empty(), "{indexes:?}");
-        assert!(
-            sqlx::query("UPDATE audit_events SET outcome = 'deny' WHERE seq = 1")
+            assert!(indexes.is_empty(), "{indexes:?}");
+            assert!(
+                sqlx::query("UPDATE audit_events SET event = event || ' ' WHERE seq = 1")
+                    .execute(&s.pool)
+                    .await
+                    .is_err()
+            );
+            assert!(sqlx::query("DELETE FROM audit_events WHERE seq = 1")
                 .execute(&s.pool)
                 .await
-                .is_err()
-        );
-        assert!(sqlx::query("DELETE FROM audit_events WHERE seq = 1")
-            .execute(&s.pool)
+                .is_err());
+        }
+    }
+
+    /// An edit made to a column row before the move is still found after it: the row keeps
+    /// the hash it was stored with, which its new text does not match.
+    #[tokio::test]
+    async fn an_edit_made_before_the_move_still_fails_verification() {
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/e.db", d.path().display());
+        database_before(&url, 20261127000001, &varied_events()).await;
+        let pool = plain_pool(&url).await;
+        sqlx::query("DROP TRIGGER audit_events_no_update; UPDATE audit_events SET outcome = 'allow' WHERE seq = 1")
+            .execute(&pool)
             .await
-            .is_err());
+            .unwrap();
+        pool.close().await;
+        let s = SqliteStore::open(&url).await.unwrap();
+        let stored = s.audit_events(0, 100).await.unwrap();
+        assert_eq!(stored[0].event().unwrap().outcome, "allow");
+        assert_eq!(
+            verify_chain(&stored, 0, GENESIS),
+            Err(crate::audit::ChainError::Content { seq: 1 })
+        );
+    }
+
+    /// A column row whose detail is not JSON cannot be written as text: opening fails with
+    /// the row named, and every row stays where it was.
+    #[tokio::test]
+    async fn an_unreadable_column_row_stops_the_move_and_loses_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/u.db", d.path().display());
+        database_before(&url, 20261127000001, &varied_events()).await;
+        let pool = plain_pool(&url).await;
+        sqlx::query("DROP TRIGGER audit_events_no_update; UPDATE audit_events SET detail = '{oops' WHERE seq = 2")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let err = SqliteStore::open(&url).await.err().expect("open must fail");
+        let text = err.to_string();
+        assert!(
+            text.contains("audit event 2") && text.contains("detail"),
+            "{text}"
+        );
+        let pool = plain_pool(&url).await;
+        let (moved,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let (waiting,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_events_columns")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!((moved, waiting), (0, 3));
     }
 
     #[tokio::test]
@@ -741,7 +876,7 @@ mod tests {
         verify_chain(&stored, 0, GENESIS).unwrap();
         // Updates and deletes are refused by the database itself.
         assert!(
-            sqlx::query("UPDATE audit_events SET outcome = 'deny' WHERE seq = 3")
+            sqlx::query("UPDATE audit_events SET event = event || ' ' WHERE seq = 3")
                 .execute(&s.pool)
                 .await
                 .is_err()
@@ -752,7 +887,9 @@ mod tests {
             .is_err());
         // An edit that bypasses the triggers is found by verification.
         let mut edited = stored.clone();
-        edited[2].event.outcome = "deny".into();
+        edited[2].text = edited[2]
+            .text
+            .replace(r#""outcome":"allow""#, r#""outcome":"deny""#);
         assert!(matches!(
             verify_chain(&edited, 0, GENESIS),
             Err(crate::audit::ChainError::Content { seq: 3 })

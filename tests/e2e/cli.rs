@@ -556,7 +556,7 @@ async fn audit_verify_finds_edits_and_deletions_made_behind_the_gateways_back() 
     let db = gateway_db(&gw);
     let refused = std::process::Command::new("sqlite3")
         .arg(&db)
-        .arg("UPDATE audit_events SET outcome = 'allow' WHERE seq = 3;")
+        .arg("UPDATE audit_events SET event = replace(event, '\"deny\"', '\"allow\"') WHERE seq = 3;")
         .output();
     if let Ok(o) = refused {
         assert!(!o.status.success(), "the no-update trigger must refuse");
@@ -570,7 +570,7 @@ async fn audit_verify_finds_edits_and_deletions_made_behind_the_gateways_back() 
     sqlite_exec(
         &db,
         &format!(
-            "DROP TRIGGER audit_events_no_update; UPDATE audit_events SET outcome = 'allow' WHERE seq = {deny_seq};"
+            "DROP TRIGGER audit_events_no_update; UPDATE audit_events SET event = replace(event, '\"outcome\":\"deny\"', '\"outcome\":\"allow\"') WHERE seq = {deny_seq};"
         ),
     );
     let out = gw.cli(&["audit", "verify"]);
