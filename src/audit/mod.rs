@@ -323,6 +323,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_export_line_is_the_event_with_its_place_and_a_hand_written_text_is_named() {
+        let mut e = AuditEvent::new("access", "allow", Timestamp::from_unix_secs(1_000));
+        e.route = Some("plant-7".into());
+        e.detail = Detail::Access(sample_detail(None));
+        let stored = StoredEvent {
+            seq: 7,
+            text: serde_json::to_string(&e).unwrap(),
+            prev_hash: GENESIS.into(),
+            hash: "ab".repeat(32),
+        };
+        let line: serde_json::Value = serde_json::from_str(&stored.export_line().unwrap()).unwrap();
+        assert_eq!(line["seq"], 7);
+        assert_eq!(line["route"], "plant-7");
+        assert_eq!(line["detail"]["path"], "/plant-7/\"q\"");
+        assert_eq!(line["prev_hash"], GENESIS);
+        assert_eq!(line["hash"], "ab".repeat(32));
+        for bad in ["{oops", "[]", r#"{"seq":1}"#] {
+            let broken = StoredEvent {
+                text: bad.into(),
+                ..stored.clone()
+            };
+            let err = broken.export_line().unwrap_err().to_string();
+            assert!(err.contains("audit event 7"), "{err}");
+        }
+    }
+
+    #[test]
     fn a_typed_access_detail_reads_back_as_its_json() {
         let mut e = AuditEvent::new("access", "deny", Timestamp::from_unix_secs(1_000));
         e.detail = Detail::Access(sample_detail(None));
