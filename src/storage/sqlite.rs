@@ -695,6 +695,18 @@ mod tests {
         assert_eq!(page[0].prev_hash, rehashed);
     }
 
+    /// The database itself refuses to update or delete the audit event at `seq`.
+    async fn assert_append_only(pool: &SqlitePool, seq: i64) {
+        for sql in [
+            "UPDATE audit_events SET event = event || ' ' WHERE seq = ?",
+            "DELETE FROM audit_events WHERE seq = ?",
+        ] {
+            let r = sqlx::query(sql).bind(seq).execute(pool).await;
+            let err = r.expect_err(sql).to_string();
+            assert!(err.contains("append-only"), "{sql}: {err}");
+        }
+    }
+
     /// A database migrated up to (not including) `version`, with `events` appended to its
     /// audit table as the writer of that layout stored them; returns their hashes.
     async fn database_before(url: &str, version: i64, events: &[AuditEvent]) -> Vec<String> {
@@ -792,16 +804,7 @@ mod tests {
                     .await
                     .unwrap();
             assert!(indexes.is_empty(), "{indexes:?}");
-            assert!(
-                sqlx::query("UPDATE audit_events SET event = event || ' ' WHERE seq = 1")
-                    .execute(&s.pool)
-                    .await
-                    .is_err()
-            );
-            assert!(sqlx::query("DELETE FROM audit_events WHERE seq = 1")
-                .execute(&s.pool)
-                .await
-                .is_err());
+            assert_append_only(&s.pool, 1).await;
         }
     }
 
@@ -874,17 +877,7 @@ mod tests {
         let stored = s.audit_events(0, 100).await.unwrap();
         assert_eq!(stored.len(), 5);
         verify_chain(&stored, 0, GENESIS).unwrap();
-        // Updates and deletes are refused by the database itself.
-        assert!(
-            sqlx::query("UPDATE audit_events SET event = event || ' ' WHERE seq = 3")
-                .execute(&s.pool)
-                .await
-                .is_err()
-        );
-        assert!(sqlx::query("DELETE FROM audit_events WHERE seq = 3")
-            .execute(&s.pool)
-            .await
-            .is_err());
+        assert_append_only(&s.pool, 3).await;
         // An edit that bypasses the triggers is found by verification.
         let mut edited = stored.clone();
         edited[2].text = edited[2]
