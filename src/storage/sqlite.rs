@@ -187,7 +187,8 @@ async fn convert_column_audit_rows(pool: &SqlitePool) -> Result<(), StorageError
     {
         return Ok(());
     }
-    let mut after = 0i64;
+    let started = std::time::Instant::now();
+    let (mut after, mut moved) = (0i64, 0usize);
     loop {
         let rows = sqlx::query(
             "SELECT seq, event_id, at_ms, kind, outcome, actor, actor_pseudonym, route, action, policies, detail, hash
@@ -206,11 +207,18 @@ async fn convert_column_audit_rows(pool: &SqlitePool) -> Result<(), StorageError
                 .execute(&mut *tx)
                 .await?;
         }
+        moved += rows.len();
     }
     sqlx::query("DROP TABLE audit_events_columns")
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    // Start-up waits for this once per database; the line says why it took longer.
+    tracing::info!(
+        events = moved,
+        seconds = started.elapsed().as_secs_f64(),
+        "audit events moved to the text row layout"
+    );
     Ok(())
 }
 
