@@ -816,19 +816,27 @@ mod tests {
         }
     }
 
+    /// A database of the column layout holding [`varied_events`], one of them then edited
+    /// in the file (`UPDATE audit_events SET {edit}`, its trigger dropped first).
+    async fn column_rows_edited_by_hand(url: &str, edit: &str) {
+        database_before(url, 20261127000001, &varied_events()).await;
+        let pool = plain_pool(url).await;
+        sqlx::query(&format!(
+            "DROP TRIGGER audit_events_no_update; UPDATE audit_events SET {edit}"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+
     /// An edit made to a column row before the move is still found after it: the row keeps
     /// the hash it was stored with, which its new text does not match.
     #[tokio::test]
     async fn an_edit_made_before_the_move_still_fails_verification() {
         let d = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/e.db", d.path().display());
-        database_before(&url, 20261127000001, &varied_events()).await;
-        let pool = plain_pool(&url).await;
-        sqlx::query("DROP TRIGGER audit_events_no_update; UPDATE audit_events SET outcome = 'allow' WHERE seq = 1")
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
+        column_rows_edited_by_hand(&url, "outcome = 'allow' WHERE seq = 1").await;
         let s = SqliteStore::open(&url).await.unwrap();
         let stored = s.audit_events(0, 100).await.unwrap();
         assert_eq!(stored[0].event().unwrap().outcome, "allow");
@@ -844,13 +852,7 @@ mod tests {
     async fn an_unreadable_column_row_stops_the_move_and_loses_nothing() {
         let d = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/u.db", d.path().display());
-        database_before(&url, 20261127000001, &varied_events()).await;
-        let pool = plain_pool(&url).await;
-        sqlx::query("DROP TRIGGER audit_events_no_update; UPDATE audit_events SET detail = '{oops' WHERE seq = 2")
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
+        column_rows_edited_by_hand(&url, "detail = '{oops' WHERE seq = 2").await;
         let err = SqliteStore::open(&url).await.err().expect("open must fail");
         let text = err.to_string();
         assert!(
