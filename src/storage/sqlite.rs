@@ -869,6 +869,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((moved, waiting), (0, 3));
+        // The rows left waiting are still append-only.
+        for sql in [
+            "UPDATE audit_events_columns SET outcome = 'allow' WHERE seq = 1",
+            "DELETE FROM audit_events_columns WHERE seq = 1",
+        ] {
+            let err = sqlx::query(sql).execute(&pool).await.expect_err(sql);
+            assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        }
     }
 
     #[tokio::test]
