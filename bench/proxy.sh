@@ -8,10 +8,12 @@
 #                                                any proxy pays here for the extra hop;
 #                                                measured where haproxy is installed)
 # The upstream is examples/bench_upstream.rs (hyper, 64-byte 200). Everything shares the
-# machine's cores, wrk included. Prints requests/s, p50 and p99 for each at full load, with
+# machine's cores, the load generators included. Prints requests/s, p50 and p99 for each at full load, with
 # the CPU time nginx and twinward spent per request (all their threads, from /proc; for
 # twinward also the part its audit writer spent), the ratios c/a and c/b, then p50/p99 of
-# all three at the same paced rate, half of twinward's maximum, with how busy the machine's
+# all three at the same paced rate, half of twinward's maximum (paced by wrk, which sends
+# in bursts of about a millisecond's worth, see bench/wrk-report.lua; PACER=even sends them
+# evenly spaced with examples/bench_load.rs instead), with how busy the machine's
 # cores were, how much time the hypervisor stole meanwhile and how long the proxy's and the
 # upstream's threads waited for a core per request, and the p99 twinward adds there (and
 # what nginx and the relay add).
@@ -23,7 +25,8 @@
 # turns; the median is reported, default 3), WARMUP (s, 3), CONNECTIONS (64),
 # THREADS (wrk threads, 2), WORKERS (nginx and twinward workers, default: cores),
 # UPSTREAM_WORKERS (1), TWINWARD_BIN (a twinward binary to measure instead of building
-# one; for A/B runs), RELAY=0 skips (d), KEEP=1 keeps the temp directory (configs, logs,
+# one; for A/B runs), PACER (wrk, the default, or even: what sends the paced load),
+# RELAY=0 skips (d), KEEP=1 keeps the temp directory (configs, logs,
 # wrk output). Needs wrk, nginx and curl (apt-get install wrk nginx curl); (d) needs haproxy.
 set -euo pipefail
 
@@ -32,6 +35,7 @@ DURATION="${DURATION:-10}"
 ROUNDS="${ROUNDS:-3}"
 WARMUP="${WARMUP:-3}"
 CONNECTIONS="${CONNECTIONS:-64}"
+PACER="${PACER:-wrk}"
 THREADS="${THREADS:-2}"
 CORES="$(nproc)"
 WORKERS="${WORKERS:-$CORES}"
@@ -79,12 +83,15 @@ if [ -n "${TWINWARD_BIN:-}" ]; then
   # A/B runs: a twinward binary built elsewhere; the upstream must already be built.
   TWINWARD="$TWINWARD_BIN"
 else
-  echo "== building the production profile (twinward, examples/bench_upstream)"
-  (cd "$REPO" && cargo build --profile production --quiet --bin twinward --example bench_upstream)
+  echo "== building the production profile (twinward, examples/bench_upstream, examples/bench_load)"
+  (cd "$REPO" && cargo build --profile production --quiet --bin twinward --example bench_upstream --example bench_load)
   TWINWARD="$TARGET/production/twinward"
 fi
 UPSTREAM_BIN="$TARGET/production/examples/bench_upstream"
-[ -x "$TWINWARD" ] && [ -x "$UPSTREAM_BIN" ] || die "production binaries not found under $TARGET/production"
+LOAD_BIN="$TARGET/production/examples/bench_load"
+[ -x "$TWINWARD" ] && [ -x "$UPSTREAM_BIN" ] && [ -x "$LOAD_BIN" ] \
+  || die "production binaries not found under $TARGET/production (cargo build --profile production --bin twinward --example bench_upstream --example bench_load)"
+case "$PACER" in wrk | even) ;; *) die "PACER=$PACER: expected wrk or even" ;; esac
 
 free_port UP_PORT
 free_port NGINX_PORT
@@ -119,9 +126,14 @@ http {
   fastcgi_temp_path $WORK/nginx/fastcgi;
   uwsgi_temp_path $WORK/nginx/uwsgi;
   scgi_temp_path $WORK/nginx/scgi;
+  # Connections are kept for good on both sides, as twinward keeps them: nginx's default
+  # of closing each after 1000 requests makes a client reconnect mid-run, which shows
+  # in a paced tail (a p99 of 3-16 ms instead of 1.0-1.4 at 20k req/s on one machine).
+  keepalive_requests 1000000;
   upstream twin {
     server 127.0.0.1:$UP_PORT;
     keepalive 64;
+    keepalive_requests 1000000;
   }
   server {
     listen 127.0.0.1:$NGINX_PORT;
@@ -208,15 +220,20 @@ grep -qx 'x-twinward-assertion' <<<"$seen" || die "the upstream got no X-Twinwar
 
 # ---------------------------------------------------------------- measurements
 
-# measure NAME URL RATE [wrk args...]: sets RPS P50 P99 (µs) from one wrk run.
-# RATE 0 means as fast as possible.
+# measure NAME URL RATE [-H header...]: sets RPS P50 P99 (µs) from one run. RATE 0 means
+# as fast as possible (wrk); any other rate is paced by the PACER.
 measure() {
   local name=$1 url=$2 rate=$3 line
   shift 3
-  WRK_RATE="$rate" WRK_THREADS="$THREADS" \
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$LUA" "$@" "$url" \
-    >"$WORK/wrk-$name.txt" 2>&1 || die "wrk failed for $name: $(cat "$WORK/wrk-$name.txt")"
-  line="$(grep '^WRK_RESULT ' "$WORK/wrk-$name.txt")" || die "no result from wrk for $name: $(cat "$WORK/wrk-$name.txt")"
+  if [ "$rate" != 0 ] && [ "$PACER" = even ]; then
+    "$LOAD_BIN" "$url" "$rate" "$DURATION" -c "$CONNECTIONS" -t "$THREADS" "$@" \
+      >"$WORK/wrk-$name.txt" 2>&1 || die "bench_load failed for $name: $(cat "$WORK/wrk-$name.txt")"
+  else
+    WRK_RATE="$rate" WRK_THREADS="$THREADS" \
+      wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$LUA" "$@" "$url" \
+      >"$WORK/wrk-$name.txt" 2>&1 || die "wrk failed for $name: $(cat "$WORK/wrk-$name.txt")"
+  fi
+  line="$(grep '^WRK_RESULT ' "$WORK/wrk-$name.txt")" || die "no result for $name: $(cat "$WORK/wrk-$name.txt")"
   # shellcheck disable=SC2034
   read -r _ RPS P50 P99 REQUESTS NON2XX SOCKET_ERRORS <<<"$(sed 's/[a-z0-9_]*=//g' <<<"$line")"
   [ "$NON2XX" = 0 ] || die "$name: $NON2XX responses were not 2xx/3xx (see $WORK/wrk-$name.txt)"
@@ -437,5 +454,13 @@ printf 'nginx adds %s at p99 at the same rate\n' "$(ms "$NGINX_ADDED_P99")"
   "$(ms "$(printf '%s' "$RELAY_ADDED_ROUNDS" | median_of 1)")"
 printf '(medians over the rounds of each round'"'"'s own difference; the medians above give %s and %s)\n' \
   "$(ms "$((LC_P99 - LA_P99))")" "$(ms "$((LB_P99 - LA_P99))")"
-echo "(paced load: stock wrk sending on a fixed schedule of $HALF req/s, see bench/wrk-report.lua;"
-echo " an achieved rate well below that means the schedule slipped and the tail is under-reported)"
+if [ "$PACER" = even ]; then
+  echo "(paced load: examples/bench_load.rs sending $HALF req/s evenly spaced (a wake-up every"
+  echo " 100 µs), each latency counted from the request's scheduled time, so a request that waited"
+  echo " for a free connection is charged the wait)"
+else
+  echo "(paced load: stock wrk sending on a fixed schedule of $HALF req/s, see bench/wrk-report.lua:"
+  echo " its timers count whole milliseconds, so it sends in bursts of about a millisecond's worth"
+  echo " (PACER=even for evenly spaced requests); an achieved rate well below the schedule means"
+  echo " it slipped and the tail is under-reported)"
+fi
