@@ -2,14 +2,18 @@
 # A/B comparison of two twinward builds: each serves the bench route from a fresh data
 # directory of its own (an audit table that grew in earlier runs makes appends dearer, so
 # neither may inherit one), in front of one shared upstream, and wrk measures them in turns
-# at full load. Prints, round by round, requests/s and the CPU each spent per request (all
-# its threads, from /proc), then the medians.
+# at full load. Prints, round by round, requests/s, p99 and the CPU each spent per request
+# (all its threads, from /proc), then the medians and the worst p99 (a rare stall shows
+# there, not in a median). With RATE set, each round also sends RATE req/s paced (as
+# bench/proxy.sh does with wrk) directly to the upstream and through each build, and prints
+# the p99 each build adds to the direct run's.
 #
 #   bash bench/ab.sh OLD_TWINWARD NEW_TWINWARD
 #
 # Settings (environment): ROUNDS (default 6), DURATION (s per run, 8), CONNECTIONS (64),
-# THREADS (wrk threads, 2), WORKERS (twinward workers, default: cores). Needs wrk and curl;
-# the upstream is examples/bench_upstream.rs, built with the production profile if missing.
+# THREADS (wrk threads, 2), WORKERS (twinward workers, default: cores), RATE (req/s, unset:
+# full load only), FULL (0: with RATE, the paced runs only). Needs wrk and curl; the upstream is examples/bench_upstream.rs, built with
+# the production profile if missing.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +23,10 @@ DURATION="${DURATION:-8}"
 CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
 WORKERS="${WORKERS:-$(nproc)}"
+RATE="${RATE:-}"
+FULL="${FULL:-1}"
+[ "$FULL" = 1 ] || [ -n "$RATE" ] || die "FULL=0 needs RATE"
+LUA="$REPO/bench/wrk-report.lua"
 
 die() {
   echo "bench/ab.sh: $*" >&2
@@ -53,12 +61,13 @@ free_port UP_PORT
 PIDS+=($!)
 wait_status "http://127.0.0.1:$UP_PORT/plant-7/state" 200 || die "upstream did not answer: $(cat "$WORK/upstream.log")"
 
-URLS=() TOKENS=() GW_PIDS=()
+URLS=() TOKENS=() GW_PIDS=() ADMINS=()
 for i in 0 1; do
   dir="$WORK/gw$i"
   free_port port
   free_port admin_port
   gateway_dir "$dir" "$port" "$admin_port" "$UP_PORT" "$WORKERS"
+  ADMINS+=("$admin_port")
   token="$("${BINS[$i]}" token create --config "$dir/twinward.toml" --service-account bench-sim \
     --role sim-runner --ttl 1d 2>"$dir/token.log")" || die "token create failed: $(cat "$dir/token.log")"
   "${BINS[$i]}" serve --config "$dir/twinward.toml" 2>"$dir/serve.log" &
@@ -79,29 +88,59 @@ ticks() {
   echo "$t"
 }
 HZ="$(getconf CLK_TCK)"
+# run URL RATE [wrk args...]: "rps p99_us requests" of one wrk run (RATE 0: full load).
+run() {
+  local url=$1 rate=$2 out line
+  shift 2
+  out="$(WRK_RATE="$rate" WRK_THREADS="$THREADS" wrk -t"$THREADS" -c"$CONNECTIONS" \
+    -d"${DURATION}s" --latency -s "$LUA" "$@" "$url")" || die "wrk failed: $out"
+  line="$(grep '^WRK_RESULT ' <<<"$out")" || die "no result: $out"
+  read -r _ rps _ p99 n non2xx _ <<<"$(sed 's/[a-z0-9_]*=//g' <<<"$line")"
+  [ "$non2xx" = 0 ] || die "responses other than 2xx/3xx: $out"
+  echo "$rps $p99 $n"
+}
+DIRECT_URL="http://127.0.0.1:$UP_PORT/plant-7/state"
+name() { [ "$1" = 0 ] && echo A || echo B; }
 echo "== A ${BINS[0]}"
 echo "== B ${BINS[1]}"
-echo "== wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s per run, $ROUNDS rounds, twinward with $WORKERS workers"
+echo "== wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s per run, $ROUNDS rounds, twinward with $WORKERS workers${RATE:+, paced at $RATE req/s}"
 RESULTS=("" "")
 for round in $(seq 1 "$ROUNDS"); do
   line="round $round:"
   for i in 0 1; do
-    before="$(ticks "${GW_PIDS[$i]}")"
-    out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
-      -H "Authorization: Bearer ${TOKENS[$i]}" "${URLS[$i]}")" || die "wrk failed: $out"
-    after="$(ticks "${GW_PIDS[$i]}")"
-    ! grep -q "Non-2xx" <<<"$out" || die "responses other than 200: $out"
-    rps="$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")"
-    n="$(awk '/requests in/ { print $1 }' <<<"$out")"
-    cpu="$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')"
-    RESULTS[$i]+="$rps $cpu"$'\n'
-    line+="$(printf '  %s %8.0f req/s %6s µs/req' "$([ "$i" = 0 ] && echo A || echo B)" "$rps" "$cpu")"
+    rps=0 p99=0 cpu=0
+    if [ "$FULL" = 1 ]; then
+      before="$(ticks "${GW_PIDS[$i]}")"
+      read -r rps p99 n <<<"$(run "${URLS[$i]}" 0 -H "Authorization: Bearer ${TOKENS[$i]}")"
+      after="$(ticks "${GW_PIDS[$i]}")"
+      cpu="$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')"
+    fi
+    added=""
+    if [ -n "$RATE" ]; then
+      read -r _ direct_p99 _ <<<"$(run "$DIRECT_URL" "$RATE")"
+      read -r _ paced_p99 _ <<<"$(run "${URLS[$i]}" "$RATE" -H "Authorization: Bearer ${TOKENS[$i]}")"
+      added=$((paced_p99 - direct_p99))
+    fi
+    RESULTS[$i]+="$rps $cpu $p99 ${added:-0}"$'\n'
+    line+="  $(name "$i")"
+    [ "$FULL" = 0 ] || line+="$(printf ' %6.0f req/s %5s µs/req p99 %6.2f ms' "$rps" "$cpu" \
+      "$(awk -v us="$p99" 'BEGIN { print us / 1000 }')")"
+    [ -z "$RATE" ] || line+="$(printf ' paced adds %5.2f ms' "$(awk -v us="$added" 'BEGIN { print us / 1000 }')")"
   done
   echo "$line"
 done
 median() { sort -n | awk '{ v[NR] = $0 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+column() { printf '%s' "${RESULTS[$1]}" | awk -v f="$2" '{ print $f }'; }
 for i in 0 1; do
-  rps="$(printf '%s' "${RESULTS[$i]}" | awk '{ print $1 }' | median)"
-  cpu="$(printf '%s' "${RESULTS[$i]}" | awk '{ print $2 }' | median)"
-  printf 'median %s: %.0f req/s, %.2f µs of CPU per request\n' "$([ "$i" = 0 ] && echo A || echo B)" "$rps" "$cpu"
+  printf 'median %s:' "$(name "$i")"
+  [ "$FULL" = 0 ] || printf ' %.0f req/s, %.2f µs of CPU per request, p99 %.2f ms (worst %.2f);' \
+    "$(column "$i" 1 | median)" "$(column "$i" 2 | median)" \
+    "$(awk -v us="$(column "$i" 3 | median)" 'BEGIN { print us / 1000 }')" \
+    "$(awk -v us="$(column "$i" 3 | sort -n | tail -1)" 'BEGIN { print us / 1000 }')"
+  [ -z "$RATE" ] || printf ' paced at %s req/s adds %.2f ms at p99 (worst %.2f);' "$RATE" \
+    "$(awk -v us="$(column "$i" 4 | median)" 'BEGIN { print us / 1000 }')" \
+    "$(awk -v us="$(column "$i" 4 | sort -n | tail -1)" 'BEGIN { print us / 1000 }')"
+  # How often the build's audit writer appended without waiting for idle time.
+  printf ' audit takeovers %s\n' "$(curl -s "http://127.0.0.1:${ADMINS[$i]}/metrics" \
+    | awk '/^twinward_audit_takeovers_total / { print $2 }')"
 done

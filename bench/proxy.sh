@@ -346,15 +346,15 @@ cpu_share() {
 # And where the threads that serve requests waited: sched_wait PID... prints the
 # nanoseconds these processes' threads have spent runnable but without a core so far (the
 # second field of /proc/<pid>/task/<tid>/schedstat; 0 where the kernel does not keep it).
-# twinward's background audit writer is left out: it runs in the idle class, waiting is
-# what it is meant to do, and no request waits for it.
+# twinward's idle-class audit threads (the background writer, the housekeeping thread) are
+# left out: waiting is what they are meant to do, and no request waits for them.
 sched_wait() {
   local total=0 task w comm
   for pid in "$@"; do
     for task in /proc/"$pid"/task/*; do
       w=0
       read -r comm 2>/dev/null <"$task/comm" || comm=""
-      [ "$comm" = twinward-audit ] && continue
+      case "$comm" in twinward-audit | twinward-audith) continue ;; esac
       read -r _ w _ 2>/dev/null <"$task/schedstat" || w=0
       total=$((total + w))
     done

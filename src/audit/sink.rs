@@ -1,10 +1,10 @@
-//! The audit writer: a bounded queue and two threads of its own that append events in
+//! The audit writer: a bounded queue and threads of its own that append events in
 //! batches. They run off the async runtime, so hashing and database work never delay a
 //! worker's requests, and with a backend's blocking appender they talk to the database
 //! directly.
 //!
-//! Appending costs a few microseconds of CPU per event; the two threads are about where
-//! that time comes from.
+//! Appending costs a few microseconds of CPU per event; the threads are about where that
+//! time comes from.
 //!
 //! - The *background* writer runs under `SCHED_IDLE`: it gets a core only when nothing
 //!   else wants one, a worker that wakes takes the core back at once, and the scheduler
@@ -16,17 +16,27 @@
 //!   priority, takes over at the background writer's next chunk boundary and appends
 //!   until the queue is short again. Without it the workers would stall on a full queue
 //!   until the background writer caught up, with the other cores idle meanwhile.
+//! - The *housekeeping* thread, also idle-class, runs the storage's upkeep (SQLite's
+//!   checkpoints), which would otherwise run inside some commit.
 //!
-//! Both share one [`Drain`] (the queue's receiving end, the events taken from it and the
-//! appender) behind a mutex, so events are appended in the order they were queued by one
-//! chain writer. Scheduling never loses an event: when the queue is full, requests wait
-//! for room (backpressure), the workers go idle and a writer runs. The queue bound is also
-//! what can be waiting in memory at any time.
+//! Both writers share one [`Drain`] (the queue's receiving end, the events taken from it and
+//! the appender) behind a mutex, so events are appended in the order they were queued by
+//! one chain writer. What the background writer does while holding it is kept short,
+//! because a preempted idle-class thread may wait long for a core, and the pressure writer
+//! waits for it meanwhile (a priority inversion): it holds the drain only to take events
+//! and append one chunk of [`IDLE_CHUNK`]; it waits for events, lingers and yields without
+//! it; and no checkpoint, with its copying and `fsync`, runs inside its commits. (When it
+//! held the drain while it waited, lingered and checkpointed, 3 of 32 full-load runs had a
+//! p99 of 187–571 ms: the pressure writer waited until the queue was full.)
+//!
+//! Scheduling never loses an event: when the queue is full, requests wait for room
+//! (backpressure), the workers go idle and a writer runs. The queue bound is also what can
+//! be waiting in memory at any time.
 
 use super::AuditEvent;
 use crate::metrics::AuditMetrics;
-use crate::storage::{StorageError, Store};
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::storage::{AuditHousekeeper, StorageError, Store};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
@@ -35,12 +45,14 @@ use tokio::sync::mpsc;
 const QUEUE: usize = 16_384;
 const BATCH: usize = 2048;
 const LINGER: Duration = Duration::from_millis(20);
-/// Events per transaction. Between transactions the background writer steps aside if the
-/// pressure writer is waiting. In the idle class it is preempted at once whatever the chunk
-/// size, so chunks are sized for cost: 512-event transactions cost about 5% less CPU per
-/// event than 128-event ones (less of the WAL rewritten per commit) and delay a takeover by
-/// about 2 ms at most.
+/// Events per transaction of the pressure writer: it is taking a core from the workers
+/// anyway, so transactions are sized for cost (512-event ones cost about 5% less CPU per
+/// event than 128-event ones: less of the WAL rewritten per commit).
 const CHUNK: usize = 512;
+/// Events per transaction of the background writer, which holds the drain meanwhile: a
+/// smaller chunk leaves less to finish when it is preempted mid-chunk on a busy machine,
+/// where a takeover waits for that.
+const IDLE_CHUNK: usize = 128;
 /// Queued events above which the pressure writer takes over: a quarter of the queue, far
 /// above what builds up between the background writer's turns at a load it keeps up with
 /// (one linger's worth: about 500 events at 25k req/s).
@@ -52,7 +64,40 @@ const CALM: usize = CHUNK;
 pub struct AuditSink {
     tx: mpsc::Sender<AuditEvent>,
     pressure: Arc<Pressure>,
+    idle: Arc<IdleWait>,
     failing: Arc<AtomicBool>,
+}
+
+/// The background writer parked on an empty queue, holding nothing; `record` wakes it.
+struct IdleWait {
+    parked: AtomicBool,
+    stopping: AtomicBool,
+    writer: OnceLock<Thread>,
+}
+
+impl IdleWait {
+    /// After queueing an event. The fences pair with those in [`IdleWait::park`]: either
+    /// the writer's last look at the queue saw the event, or this sees it parked.
+    fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
+            if let Some(t) = self.writer.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// The background writer, once it found the queue empty: parks unless `still_empty`,
+    /// checked after announcing it, says an event came in meanwhile.
+    fn park(&self, still_empty: impl FnOnce() -> bool) {
+        self.parked.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if still_empty() && !self.stopping.load(Ordering::Acquire) {
+            // Spurious returns only cost a look at the queue.
+            std::thread::park();
+        }
+        self.parked.store(false, Ordering::Release);
+    }
 }
 
 /// Raised when the queue grows past [`PRESSURE`]; the pressure writer waits for it.
@@ -91,6 +136,8 @@ struct Drain {
     finished: bool,
     /// The last append failed: storage is not taking events.
     failing: Arc<AtomicBool>,
+    /// The storage's upkeep, and the thread that runs it when due.
+    upkeep: Option<(Arc<dyn AuditHousekeeper>, Thread)>,
 }
 
 impl Drain {
@@ -128,6 +175,7 @@ impl Drain {
                 Err(_) => break,
             }
         }
+        self.report_queued();
     }
 
     /// Events taken but not appended, and those still in the queue.
@@ -136,10 +184,10 @@ impl Drain {
         self.metrics.queued.set(waiting as i64);
     }
 
-    /// Appends the next chunk of taken events, retrying until storage takes it: events are
+    /// Appends the next `n` taken events, retrying until storage takes them: events are
     /// delayed, not lost, while the database is briefly unavailable.
-    fn append_chunk(&mut self) {
-        let end = (self.done + CHUNK).min(self.taken.len());
+    fn append_chunk(&mut self, n: usize) {
+        let end = (self.done + n).min(self.taken.len());
         let chunk = &self.taken[self.done..end];
         let mut delay = Duration::from_millis(50);
         while let Err(e) = (self.append)(chunk) {
@@ -152,6 +200,11 @@ impl Drain {
         self.metrics.appended.inc_by(chunk.len() as u64);
         self.done = end;
         self.report_queued();
+        if let Some((h, thread)) = &self.upkeep {
+            if h.is_due() {
+                thread.unpark();
+            }
+        }
     }
 }
 
@@ -165,22 +218,71 @@ fn lock(drain: &Mutex<Drain>) -> MutexGuard<'_, Drain> {
 /// Appends whenever events are queued, one chunk per turn of the lock, stepping aside
 /// while the pressure writer is raised. It alone waits on an empty queue, and it alone
 /// sees the queue close: it returns once everything queued has been appended.
-fn background_writer(drain: &Mutex<Drain>, pressure: &Pressure) {
+fn background_writer(drain: &Mutex<Drain>, pressure: &Pressure, idle: &IdleWait) {
     lower_priority();
+    // Before it can first park: a `wake` that sees it parked must find whom to unpark.
+    let _ = idle.writer.set(std::thread::current());
     loop {
-        {
+        if idle.stopping.load(Ordering::Acquire) {
+            // The load has stopped: wait on the queue itself until every sender is gone,
+            // appending what still comes.
             let mut d = lock(drain);
             if !d.has_pending() && !d.take_waiting() {
                 return;
             }
-            d.append_chunk();
+            d.append_chunk(CHUNK);
+            continue;
         }
-        // Outside the lock: a pressure writer blocked on it gets it now, and the
-        // background writer waits until it is done.
-        while pressure.is_raised() && !pressure.stopping.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(5));
+        let appended = {
+            let mut d = lock(drain);
+            if !d.has_pending() {
+                d.take_ready();
+            }
+            let any = d.has_pending();
+            if any {
+                d.append_chunk(IDLE_CHUNK);
+            }
+            any
+        };
+        if appended {
+            // Outside the lock: a pressure writer blocked on it gets it now, and the
+            // background writer waits until it is done.
+            while pressure.is_raised() && !pressure.stopping.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::yield_now();
+            continue;
         }
-        std::thread::yield_now();
+        idle.park(|| lock(drain).rx.is_empty());
+        // Woken by the first event after a quiet spell: let a trickle gather so that it
+        // shares one transaction instead of paying a commit each.
+        std::thread::sleep(LINGER);
+    }
+}
+
+/// Runs the storage's upkeep whenever a writer finds it due, in the idle class: a
+/// checkpoint copies and syncs for up to tens of milliseconds, and nothing waits for it.
+fn housekeeping_thread(housekeeper: &dyn AuditHousekeeper, idle: &IdleWait) {
+    lower_priority();
+    let mut failed = false;
+    loop {
+        std::thread::park();
+        if idle.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        if !housekeeper.is_due() {
+            continue;
+        }
+        match housekeeper.tidy() {
+            Ok(()) => failed = false,
+            Err(e) if !failed => {
+                // Appending goes on; the appender does the upkeep itself if this falls far
+                // behind.
+                tracing::warn!(error = %e, "audit storage upkeep failed; retrying when next due");
+                failed = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 
@@ -207,7 +309,7 @@ fn pressure_writer(drain: &Mutex<Drain>, pressure: &Pressure) {
                     }
                     d.take_ready();
                 }
-                d.append_chunk();
+                d.append_chunk(CHUNK);
             }
         }
         pressure.raised.store(false, Ordering::Release);
@@ -218,7 +320,9 @@ fn pressure_writer(drain: &Mutex<Drain>, pressure: &Pressure) {
 pub struct AuditTask {
     background: JoinHandle<()>,
     pressure: JoinHandle<()>,
+    housekeeping: Option<JoinHandle<()>>,
     signal: Arc<Pressure>,
+    idle: Arc<IdleWait>,
 }
 
 impl AuditSink {
@@ -230,11 +334,39 @@ impl AuditSink {
     ) -> Result<(AuditSink, AuditTask), StorageError> {
         let (tx, rx) = mpsc::channel::<AuditEvent>(QUEUE);
         let mut appender = store.audit_appender()?;
+        let housekeeper = match appender.as_mut() {
+            Some(a) => a.housekeeper()?,
+            None => None,
+        };
         let runtime = tokio::runtime::Handle::current();
         let append: AppendFn = Box::new(move |events: &[AuditEvent]| match appender.as_mut() {
             Some(a) => a.append(events),
             None => runtime.block_on(store.append_audit(events)),
         });
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| StorageError::Unavailable(format!("audit writer thread: {e}")))
+        };
+        let idle = Arc::new(IdleWait {
+            parked: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            writer: OnceLock::new(),
+        });
+        // Thread names are cut at 15 bytes: "h" for housekeeping, "p" for pressure.
+        let (housekeeping, upkeep) = match housekeeper {
+            Some(h) => {
+                let (shared, i) = (h.clone(), idle.clone());
+                let t = spawn(
+                    "twinward-audith",
+                    Box::new(move || housekeeping_thread(shared.as_ref(), &i)),
+                )?;
+                let thread = t.thread().clone();
+                (Some(t), Some((h, thread)))
+            }
+            None => (None, None),
+        };
         let failing = Arc::new(AtomicBool::new(false));
         let drain = Arc::new(Mutex::new(Drain {
             rx,
@@ -244,37 +376,34 @@ impl AuditSink {
             done: 0,
             finished: false,
             failing: failing.clone(),
+            upkeep,
         }));
         let pressure = Arc::new(Pressure {
             raised: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             writer: OnceLock::new(),
         });
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(f)
-                .map_err(|e| StorageError::Unavailable(format!("audit writer thread: {e}")))
-        };
         let (d, p) = (drain.clone(), pressure.clone());
-        // Thread names are cut at 15 bytes: "p" for pressure.
         let pressure_thread = spawn("twinward-auditp", Box::new(move || pressure_writer(&d, &p)))?;
         let _ = pressure.writer.set(pressure_thread.thread().clone());
-        let p = pressure.clone();
+        let (p, i) = (pressure.clone(), idle.clone());
         let background = spawn(
             "twinward-audit",
-            Box::new(move || background_writer(&drain, &p)),
+            Box::new(move || background_writer(&drain, &p, &i)),
         )?;
         Ok((
             AuditSink {
                 tx,
                 pressure: pressure.clone(),
+                idle: idle.clone(),
                 failing,
             },
             AuditTask {
                 background,
                 pressure: pressure_thread,
+                housekeeping,
                 signal: pressure,
+                idle,
             },
         ))
     }
@@ -293,12 +422,14 @@ impl AuditSink {
                 if self.tx.capacity() < QUEUE - PRESSURE {
                     self.pressure.raise();
                 }
+                self.idle.wake();
             }
             Err(mpsc::error::TrySendError::Full(ev)) => {
                 self.pressure.raise();
                 if self.tx.send(ev).await.is_err() {
                     tracing::error!("audit writer has stopped; event dropped");
                 }
+                self.idle.wake();
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::error!("audit writer has stopped; event dropped")
@@ -310,19 +441,26 @@ impl AuditSink {
     pub async fn shutdown(self, task: AuditTask) {
         drop(self.tx);
         drop(self.pressure);
+        drop(self.idle);
         let _ = tokio::task::spawn_blocking(move || {
+            task.idle.stopping.store(true, Ordering::Release);
+            task.background.thread().unpark();
             let _ = task.background.join();
             task.signal.stopping.store(true, Ordering::Release);
             task.pressure.thread().unpark();
             let _ = task.pressure.join();
+            if let Some(h) = task.housekeeping {
+                h.thread().unpark();
+                let _ = h.join();
+            }
         })
         .await;
     }
 }
 
-/// Puts the calling thread (the background writer) in the idle scheduling class. Leaving
-/// normal priority needs no privilege; where it still fails the writer runs at normal
-/// priority, which costs only latency.
+/// Puts the calling thread (the background writer, the housekeeping thread) in the idle
+/// scheduling class. Leaving normal priority needs no privilege; where it still fails the
+/// thread runs at normal priority, which costs only latency.
 #[cfg(target_os = "linux")]
 fn lower_priority() {
     let param = libc::sched_param { sched_priority: 0 };
@@ -401,6 +539,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(seen, Some((0, libc::SCHED_IDLE as i64)));
+        assert_eq!(
+            scheduling_of("twinward-audith"),
+            Some((0, libc::SCHED_IDLE as i64))
+        );
         // The pressure writer stays at normal priority, and a queue that never passed a
         // quarter full never woke it.
         assert_eq!(
@@ -450,5 +592,35 @@ mod tests {
                 "event {i} out of order"
             );
         }
+    }
+
+    /// The background writer parks on an empty queue holding nothing, and every event that
+    /// comes after a quiet spell wakes it: none is left waiting for the next one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn each_event_after_a_quiet_spell_wakes_the_parked_writer() {
+        let (_d, store) = store().await;
+        let metrics = AuditMetrics::default();
+        let (sink, task) = AuditSink::start(store.clone(), metrics.clone()).unwrap();
+        for i in 0..10u64 {
+            // Parked by now: the last event was appended a linger ago.
+            tokio::time::sleep(LINGER * 2).await;
+            sink.record(AuditEvent::new(
+                "access",
+                "allow",
+                Timestamp::from_unix_secs(i as i64),
+            ))
+            .await;
+            let mut waited = Duration::ZERO;
+            while metrics.appended.get() < i + 1 {
+                assert!(
+                    waited < Duration::from_secs(5),
+                    "event {i} was not appended: the writer slept through it"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                waited += Duration::from_millis(5);
+            }
+        }
+        sink.shutdown(task).await;
+        assert_eq!(store.audit_events(0, 100).await.unwrap().len(), 10);
     }
 }

@@ -7,6 +7,7 @@ pub mod sqlite;
 use crate::audit::{AuditEvent, StoredEvent};
 use crate::identity::api_token::TokenHash;
 use futures_util::future::BoxFuture;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -90,6 +91,22 @@ pub struct PasskeyRecord {
 pub trait AuditAppender: Send {
     /// Appends events to the chain in one transaction, in order (as [`Store::append_audit`]).
     fn append(&mut self, events: &[AuditEvent]) -> Result<(), StorageError>;
+
+    /// Upkeep that appending needs now and then but need not wait for (SQLite: moving the
+    /// write-ahead log into the database file), for a thread that runs only when a core is
+    /// idle. Once it is taken, the appender leaves that work to it unless it falls far behind.
+    /// `None` where the backend has no such work.
+    fn housekeeper(&mut self) -> Result<Option<Arc<dyn AuditHousekeeper>>, StorageError> {
+        Ok(None)
+    }
+}
+
+/// See [`AuditAppender::housekeeper`]. Shared: one thread asks whether upkeep is due (cheap,
+/// often), another does it.
+pub trait AuditHousekeeper: Send + Sync {
+    /// Enough has been appended since the last upkeep to make another worth its cost.
+    fn is_due(&self) -> bool;
+    fn tidy(&self) -> Result<(), StorageError>;
 }
 
 pub trait Store: Send + Sync + 'static {

@@ -12,6 +12,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Token ids are matched by prefix (`token revoke 0193a0b1`) from this many characters on.
@@ -229,6 +230,67 @@ const TOKEN_COLUMNS: &str = "id, token_hash, display_prefix, service_account, ow
 pub struct SqliteAuditAppender {
     conn: rusqlite::Connection,
     chain: ChainWriter,
+    path: std::path::PathBuf,
+    /// Set once a housekeeper checkpoints the WAL for this appender.
+    handed_off: Option<HandedOff>,
+}
+
+/// Rows appended since the write-ahead log was last moved into the database in full, shared
+/// by the appender and its housekeeper.
+type Backlog = Arc<std::sync::atomic::AtomicU64>;
+
+/// The appender's side of checkpointing once a [`SqliteHousekeeper`] does it.
+struct HandedOff {
+    backlog: Backlog,
+    /// The appender checkpoints itself once the backlog reaches this: the housekeeper has had
+    /// no idle core for that long, and the log must not grow without bound.
+    next_own_checkpoint: u64,
+}
+
+/// Backlog (rows) at which the housekeeper checkpoints: about 3.5 MB of log at the usual
+/// ~400 bytes per event, a fraction of a second of appends at full load.
+const CHECKPOINT_ROWS: u64 = 8 * 1024;
+/// Backlog at which the appender checkpoints itself, and the further rows between its own
+/// attempts while the backlog stays (a reader holding an old snapshot can keep a checkpoint
+/// from finishing).
+const OWN_CHECKPOINT_ROWS: u64 = 64 * 1024;
+
+/// Runs a `PASSIVE` checkpoint, which waits for neither readers nor writers (appending goes
+/// on meanwhile), and takes what it moved off the backlog once the log is moved in full.
+fn checkpoint(conn: &rusqlite::Connection, backlog: &Backlog) -> Result<(), StorageError> {
+    use std::sync::atomic::Ordering;
+    // Rows appended while this runs stay counted: they may be past the log's end it saw.
+    let before = backlog.load(Ordering::Acquire);
+    let (busy, log, moved): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if busy == 0 && log == moved {
+        backlog.fetch_sub(before, Ordering::AcqRel);
+    }
+    Ok(())
+}
+
+/// Checkpoints the audit appender's database from a thread of its own (see
+/// [`super::AuditAppender::housekeeper`]).
+pub struct SqliteHousekeeper {
+    /// Used by one thread at a time; the lock makes the housekeeper shareable.
+    conn: std::sync::Mutex<rusqlite::Connection>,
+    backlog: Backlog,
+}
+
+impl super::AuditHousekeeper for SqliteHousekeeper {
+    fn is_due(&self) -> bool {
+        self.backlog.load(std::sync::atomic::Ordering::Acquire) >= CHECKPOINT_ROWS
+    }
+
+    fn tidy(&self) -> Result<(), StorageError> {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        checkpoint(&conn, &self.backlog)
+    }
 }
 
 const INSERT_AUDIT: &str = "INSERT INTO audit_events (seq, event, hash) VALUES (?1, ?2, ?3)";
@@ -255,17 +317,42 @@ fn continue_chain(
 
 impl SqliteAuditAppender {
     pub fn open(path: &std::path::Path) -> Result<Self, StorageError> {
-        let conn = rusqlite::Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
         Ok(SqliteAuditAppender {
-            conn,
+            conn: connect(path)?,
             chain: ChainWriter::new(),
+            path: path.to_owned(),
+            handed_off: None,
         })
     }
+
+    /// After a commit: counts the rows toward the housekeeper's next checkpoint, and runs one
+    /// here if the housekeeper has fallen far behind.
+    fn count_appended(&mut self, rows: usize) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        let Some(h) = self.handed_off.as_mut() else {
+            return Ok(());
+        };
+        let backlog = h.backlog.fetch_add(rows as u64, Ordering::AcqRel) + rows as u64;
+        if backlog < OWN_CHECKPOINT_ROWS {
+            h.next_own_checkpoint = OWN_CHECKPOINT_ROWS;
+            return Ok(());
+        }
+        if backlog < h.next_own_checkpoint {
+            return Ok(());
+        }
+        h.next_own_checkpoint = backlog + OWN_CHECKPOINT_ROWS / 4;
+        checkpoint(&self.conn, &h.backlog)
+    }
+}
+
+fn connect(path: &std::path::Path) -> Result<rusqlite::Connection, StorageError> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
 }
 
 impl super::AuditAppender for SqliteAuditAppender {
@@ -291,7 +378,23 @@ impl super::AuditAppender for SqliteAuditAppender {
             }
         }
         tx.commit()?;
-        Ok(())
+        self.count_appended(events.len())
+    }
+
+    fn housekeeper(&mut self) -> Result<Option<Arc<dyn super::AuditHousekeeper>>, StorageError> {
+        let conn = connect(&self.path)?;
+        // From here on commits leave the log to grow, instead of copying it into the
+        // database (and syncing the file) inside whichever commit passes 1,000 pages.
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let backlog = Backlog::default();
+        self.handed_off = Some(HandedOff {
+            backlog: backlog.clone(),
+            next_own_checkpoint: OWN_CHECKPOINT_ROWS,
+        });
+        Ok(Some(Arc::new(SqliteHousekeeper {
+            conn: std::sync::Mutex::new(conn),
+            backlog,
+        })))
     }
 }
 
@@ -614,6 +717,7 @@ mod tests {
     use super::*;
     use crate::audit::verify_chain;
     use crate::clock::Timestamp;
+    use crate::storage::AuditAppender as _;
 
     #[tokio::test]
     async fn the_writer_connection_and_the_pool_extend_one_chain() {
@@ -658,6 +762,102 @@ mod tests {
             .audit_appender()
             .unwrap()
             .is_none());
+    }
+
+    /// Batches of 512 events whose text is about 400 bytes, timed `at` from `from` on.
+    fn batches(from: i64, count: usize) -> impl Iterator<Item = Vec<AuditEvent>> {
+        (0..count).map(move |b| {
+            (0..512)
+                .map(|i| {
+                    let at = from + (b * 512 + i) as i64;
+                    let mut e = AuditEvent::new("access", "allow", Timestamp::from_unix_secs(at));
+                    e.detail = serde_json::json!({ "path": "/p/".repeat(80) }).into();
+                    e
+                })
+                .collect()
+        })
+    }
+
+    /// A new database in a directory of its own, with an appender that has handed its
+    /// checkpoints to the housekeeper returned beside it.
+    async fn housekept_store() -> (
+        tempfile::TempDir,
+        SqliteStore,
+        SqliteAuditAppender,
+        Arc<dyn crate::storage::AuditHousekeeper>,
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&format!("sqlite://{}/w.db", d.path().display()))
+            .await
+            .unwrap();
+        let mut appender = SqliteAuditAppender::open(&d.path().join("w.db")).unwrap();
+        let hk = appender.housekeeper().unwrap().unwrap();
+        (d, s, appender, hk)
+    }
+
+    fn wal_len(dir: &std::path::Path) -> u64 {
+        std::fs::metadata(dir.join("w.db-wal")).map_or(0, |m| m.len())
+    }
+
+    /// Once a housekeeper is taken, commits never checkpoint (the log only grows, well past
+    /// SQLite's usual 1,000 pages), until the housekeeper has fallen so far behind that the
+    /// appender checkpoints itself; after a checkpoint the log starts over at its beginning
+    /// and the file stops growing.
+    #[tokio::test]
+    async fn commits_leave_checkpoints_to_the_housekeeper_unless_it_falls_far_behind() {
+        let (d, s, mut appender, hk) = housekept_store().await;
+        assert!(!hk.is_due());
+        let below_own = (OWN_CHECKPOINT_ROWS / 512 - 1) as usize;
+        let mut last = wal_len(d.path());
+        for (i, batch) in batches(0, below_own).enumerate() {
+            appender.append(&batch).unwrap();
+            let len = wal_len(d.path());
+            assert!(len > last, "batch {i}: the log did not grow ({len} bytes)");
+            last = len;
+        }
+        assert!(last > 1000 * u64::from(PAGE_SIZE), "{last} bytes of log");
+        assert!(hk.is_due());
+        // The housekeeper never ran: the appender's next commits pass its own bound and it
+        // checkpoints; the commits after that reuse the log from its start.
+        let mut rest = batches((below_own * 512) as i64, 6);
+        appender.append(&rest.next().unwrap()).unwrap();
+        let checkpointed = wal_len(d.path());
+        for batch in rest {
+            appender.append(&batch).unwrap();
+        }
+        assert_eq!(
+            wal_len(d.path()),
+            checkpointed,
+            "the log grew after the appender's checkpoint"
+        );
+        assert!(!hk.is_due());
+        drop(appender);
+        let stored = s.audit_events(0, 100_000).await.unwrap();
+        assert_eq!(stored.len(), (below_own + 6) * 512);
+        verify_chain(&stored, 0, GENESIS).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_housekeeper_checkpoints_once_due_and_the_log_starts_over() {
+        let (d, _s, mut appender, hk) = housekept_store().await;
+        let due_after = (CHECKPOINT_ROWS / 512) as usize;
+        for batch in batches(0, due_after) {
+            assert!(!hk.is_due());
+            appender.append(&batch).unwrap();
+        }
+        assert!(hk.is_due());
+        let grown = wal_len(d.path());
+        hk.tidy().unwrap();
+        assert!(!hk.is_due());
+        for batch in batches((due_after * 512) as i64, due_after) {
+            appender.append(&batch).unwrap();
+        }
+        // Started over: the same events again fit in the file's first round.
+        assert!(
+            wal_len(d.path()) <= grown,
+            "the log was not checkpointed ({} bytes, {grown} before)",
+            wal_len(d.path())
+        );
     }
 
     /// An edit made in the file itself (triggers dropped) that also recomputes the edited
