@@ -3,7 +3,7 @@
 # directory of its own (an audit table that grew in earlier runs makes appends dearer, so
 # neither may inherit one), in front of one shared upstream, and wrk measures them in turns
 # at full load. Prints, round by round, requests/s, p99 and the CPU each spent per request
-# (all its threads, from /proc), then the medians and the worst p99 (a rare stall shows
+# (all its threads, and of that its audit threads, from /proc), then the medians and the worst p99 (a rare stall shows
 # there, not in a median). With RATE set, each round also sends RATE req/s paced (as
 # bench/proxy.sh does with wrk) directly to the upstream and through each build, and prints
 # the p99 each build adds to the direct run's.
@@ -79,10 +79,13 @@ for i in 0 1; do
     || die "${BINS[$i]} did not proxy a 200: $(cat "$dir/serve.log")"
 done
 
-# ticks PID: user + system clock ticks of all the process's threads so far.
+# ticks PID [COMM_PREFIX]: user + system clock ticks so far of the process's threads (those
+# whose name starts with COMM_PREFIX, if given).
 ticks() {
-  local t=0 task
+  local t=0 task comm
   for task in /proc/"$1"/task/*; do
+    read -r comm 2>/dev/null <"$task/comm" || comm=""
+    case "$comm" in "${2:-}"*) ;; *) continue ;; esac
     t=$((t + $(awk '{ print $14 + $15 }' "$task/stat" 2>/dev/null || echo 0)))
   done
   echo "$t"
@@ -108,12 +111,13 @@ RESULTS=("" "")
 for round in $(seq 1 "$ROUNDS"); do
   line="round $round:"
   for i in 0 1; do
-    rps=0 p99=0 cpu=0
+    rps=0 p99=0 cpu=0 audit=0
     if [ "$FULL" = 1 ]; then
-      before="$(ticks "${GW_PIDS[$i]}")"
+      before="$(ticks "${GW_PIDS[$i]}")" audit_before="$(ticks "${GW_PIDS[$i]}" twinward-audit)"
       read -r rps p99 n <<<"$(run "${URLS[$i]}" 0 -H "Authorization: Bearer ${TOKENS[$i]}")"
-      after="$(ticks "${GW_PIDS[$i]}")"
+      after="$(ticks "${GW_PIDS[$i]}")" audit_after="$(ticks "${GW_PIDS[$i]}" twinward-audit)"
       cpu="$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')"
+      audit="$(awk -v t=$((audit_after - audit_before)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')"
     fi
     added=""
     if [ -n "$RATE" ]; then
@@ -121,10 +125,10 @@ for round in $(seq 1 "$ROUNDS"); do
       read -r _ paced_p99 _ <<<"$(run "${URLS[$i]}" "$RATE" -H "Authorization: Bearer ${TOKENS[$i]}")"
       added=$((paced_p99 - direct_p99))
     fi
-    RESULTS[$i]+="$rps $cpu $p99 ${added:-0}"$'\n'
+    RESULTS[$i]+="$rps $cpu $p99 ${added:-0} $audit"$'\n'
     line+="  $(name "$i")"
-    [ "$FULL" = 0 ] || line+="$(printf ' %6.0f req/s %5s µs/req p99 %6.2f ms' "$rps" "$cpu" \
-      "$(awk -v us="$p99" 'BEGIN { print us / 1000 }')")"
+    [ "$FULL" = 0 ] || line+="$(printf ' %6.0f req/s %5s µs/req (audit %s) p99 %6.2f ms' "$rps" "$cpu" \
+      "$audit" "$(awk -v us="$p99" 'BEGIN { print us / 1000 }')")"
     [ -z "$RATE" ] || line+="$(printf ' paced adds %5.2f ms' "$(awk -v us="$added" 'BEGIN { print us / 1000 }')")"
   done
   echo "$line"
@@ -133,8 +137,8 @@ median() { sort -n | awk '{ v[NR] = $0 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 column() { printf '%s' "${RESULTS[$1]}" | awk -v f="$2" '{ print $f }'; }
 for i in 0 1; do
   printf 'median %s:' "$(name "$i")"
-  [ "$FULL" = 0 ] || printf ' %.0f req/s, %.2f µs of CPU per request, p99 %.2f ms (worst %.2f);' \
-    "$(column "$i" 1 | median)" "$(column "$i" 2 | median)" \
+  [ "$FULL" = 0 ] || printf ' %.0f req/s, %.2f µs of CPU per request (audit threads %.2f), p99 %.2f ms (worst %.2f);' \
+    "$(column "$i" 1 | median)" "$(column "$i" 2 | median)" "$(column "$i" 5 | median)" \
     "$(awk -v us="$(column "$i" 3 | median)" 'BEGIN { print us / 1000 }')" \
     "$(awk -v us="$(column "$i" 3 | sort -n | tail -1)" 'BEGIN { print us / 1000 }')"
   [ -z "$RATE" ] || printf ' paced at %s req/s adds %.2f ms at p99 (worst %.2f);' "$RATE" \
