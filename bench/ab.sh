@@ -79,17 +79,6 @@ for i in 0 1; do
     || die "${BINS[$i]} did not proxy a 200: $(cat "$dir/serve.log")"
 done
 
-# ticks PID [COMM_PREFIX]: user + system clock ticks so far of the process's threads (those
-# whose name starts with COMM_PREFIX, if given).
-ticks() {
-  local t=0 task comm
-  for task in /proc/"$1"/task/*; do
-    read -r comm 2>/dev/null <"$task/comm" || comm=""
-    case "$comm" in "${2:-}"*) ;; *) continue ;; esac
-    t=$((t + $(awk '{ print $14 + $15 }' "$task/stat" 2>/dev/null || echo 0)))
-  done
-  echo "$t"
-}
 HZ="$(getconf CLK_TCK)"
 # run URL RATE [wrk args...]: "rps p99_us requests" of one wrk run (RATE 0: full load).
 run() {
@@ -113,9 +102,9 @@ for round in $(seq 1 "$ROUNDS"); do
   for i in 0 1; do
     rps=0 p99=0 cpu=0 audit=0
     if [ "$FULL" = 1 ]; then
-      before="$(ticks "${GW_PIDS[$i]}")" audit_before="$(ticks "${GW_PIDS[$i]}" twinward-audit)"
+      read -r before audit_before <<<"$(cpu_ticks "${GW_PIDS[$i]}")"
       read -r rps p99 n <<<"$(run "${URLS[$i]}" 0 -H "Authorization: Bearer ${TOKENS[$i]}")"
-      after="$(ticks "${GW_PIDS[$i]}")" audit_after="$(ticks "${GW_PIDS[$i]}" twinward-audit)"
+      read -r after audit_after <<<"$(cpu_ticks "${GW_PIDS[$i]}")"
       cpu="$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')"
       audit="$(awk -v t=$((audit_after - audit_before)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')"
     fi

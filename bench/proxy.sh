@@ -241,21 +241,6 @@ measure() {
   [ "${REQUESTS:-0}" -gt 0 ] || die "$name: no requests completed"
 }
 
-# cpu_ticks PID...: "all audit": user + system clock ticks used so far by these processes,
-# all threads, and by those of their threads that are twinward's audit writers.
-cpu_ticks() {
-  local total=0 audit=0 task ticks comm
-  for pid in "$@"; do
-    for task in /proc/"$pid"/task/*; do
-      # Fields 14 and 15, counted after the command name (which holds no spaces here).
-      ticks="$(awk '{ print $14 + $15 }' "$task/stat" 2>/dev/null || echo 0)"
-      total=$((total + ticks))
-      read -r comm 2>/dev/null <"$task/comm" || comm=""
-      case "$comm" in twinward-audit*) audit=$((audit + ticks)) ;; esac
-    done
-  done
-  echo "$total $audit"
-}
 CLK_TCK="$(getconf CLK_TCK)"
 # fieldwise A OP B: the space-separated counters A and B combined field by field (OP + or -).
 fieldwise() {
