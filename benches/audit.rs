@@ -19,9 +19,9 @@ fn access_event(i: u64) -> AuditEvent {
     e.route = Some("plant-7".into());
     e.action = Some("read");
     e.policies = vec!["sim-runners-sandbox".into()].into();
-    e.detail = Detail::Access(Box::new(AccessDetail {
+    e.detail = Detail::Access(AccessDetail {
         method: "GET".into(),
-        path: format!("/plant-7/sensors/{i}"),
+        path: format!("/plant-7/sensors/{i}").into(),
         client_ip: "192.0.2.7".parse().unwrap(),
         twin: "plant-7".into(),
         purpose: None,
@@ -29,7 +29,7 @@ fn access_event(i: u64) -> AuditEvent {
         session: None,
         errors: Vec::new(),
         reason: None,
-    }));
+    });
     e
 }
 

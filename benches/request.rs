@@ -87,7 +87,7 @@ fn authorize(c: &mut Criterion) {
     let req = AccessRequest {
         route: &route,
         method: "GET",
-        path: path.as_str(),
+        path: path.shared(),
         bearer: Some(&token),
         session_cookie: None,
         client_ip: IpAddr::from([192, 0, 2, 7]),

@@ -22,6 +22,7 @@ use crate::session::SessionStore;
 use crate::signals::network::NetworkSignals;
 use crate::storage::Store;
 use signin::{LiveSession, Signin};
+use smol_str::SmolStr;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -100,7 +101,7 @@ pub struct AccessRequest<'a> {
     pub route: &'a Arc<Route>,
     pub method: &'a str,
     /// The normalized path: what policy sees and what the upstream receives.
-    pub path: &'a str,
+    pub path: &'a SmolStr,
     pub bearer: Option<&'a str>,
     /// The gateway session cookie's value, when the browser sent one.
     pub session_cookie: Option<&'a str>,
@@ -111,7 +112,7 @@ pub struct AccessRequest<'a> {
 /// An allowed request.
 #[derive(Debug)]
 pub struct Grant {
-    pub decision_id: String,
+    pub decision_id: audit::EventId,
     pub credential: Arc<Credential>,
     pub action: Action,
 }
@@ -134,7 +135,7 @@ pub enum Refusal {
 
 #[derive(Debug)]
 pub struct Refused {
-    pub decision_id: String,
+    pub decision_id: audit::EventId,
     pub refusal: Refusal,
 }
 
@@ -157,12 +158,12 @@ impl Gateway {
         }
         let route = &req.route.config;
         let action = Action::from_method(req.method);
-        let mut event = AuditEvent::with_id(decision_id.clone(), "access", "deny", now);
+        let mut event = AuditEvent::with_id(decision_id, "access", "deny", now);
         event.route = Some(req.route.name.clone());
         event.action = Some(action.name());
-        event.detail = Detail::Access(Box::new(AccessDetail {
+        event.detail = Detail::Access(AccessDetail {
             method: audit::method_name(req.method),
-            path: req.path.to_owned(),
+            path: req.path.clone(),
             client_ip: req.client_ip,
             twin: req.route.twin.clone(),
             purpose: req.purpose.map(str::to_owned),
@@ -170,13 +171,13 @@ impl Gateway {
             session: None,
             errors: Vec::new(),
             reason: None,
-        }));
+        });
 
         let refuse = |event: AuditEvent, refusal: Refusal| async {
             self.metrics.count_decision(refusal_label(&refusal));
             self.audit.record(event).await;
             Err(Refused {
-                decision_id: decision_id.clone(),
+                decision_id,
                 refusal,
             })
         };
@@ -384,7 +385,7 @@ impl Gateway {
             } else {
                 "POST"
             },
-            path: &route.config.path_prefix,
+            path: &route.prefix,
             bearer: None,
             session_cookie: None,
             client_ip,
@@ -405,7 +406,7 @@ impl Gateway {
             TimeContext::at(now, &self.config.location.timezone),
             RequestInfo {
                 method: req.method.into(),
-                path: req.path.into(),
+                path: req.path.clone(),
             },
         );
         ctx.network.zone = self.network.zone(req.client_ip).into();
@@ -431,7 +432,7 @@ impl Gateway {
             });
         }
         let cfg = &route.config;
-        let mut event = AuditEvent::with_id(decision_id.clone(), "token.exchange", "deny", now);
+        let mut event = AuditEvent::with_id(decision_id, "token.exchange", "deny", now);
         event.route = Some(cfg.name.as_str().into());
         event.detail =
             serde_json::json!({ "client_ip": client_ip.to_string(), "twin": cfg.twin, "purpose": purpose })
@@ -456,7 +457,7 @@ impl Gateway {
             let req = AccessRequest {
                 route,
                 method,
-                path: &cfg.path_prefix,
+                path: &route.prefix,
                 bearer: None,
                 session_cookie: None,
                 client_ip,

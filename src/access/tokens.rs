@@ -91,12 +91,18 @@ impl TokenAuthenticator {
         let hash = api_token::parse(bearer)?;
         let (cached, refresh) = match self.inner.cache.lock() {
             Ok(mut c) => match c.get_mut(&hash) {
-                Some(e) if e.fetched.elapsed() < CACHE_TTL => {
-                    let refresh = !e.refreshing && e.fetched.elapsed() >= REFRESH_AFTER;
-                    e.refreshing |= refresh;
-                    (Some(e.token.clone()), refresh)
+                Some(e) => {
+                    // One clock read per request: it is on every token request's path.
+                    let age = e.fetched.elapsed();
+                    if age < CACHE_TTL {
+                        let refresh = !e.refreshing && age >= REFRESH_AFTER;
+                        e.refreshing |= refresh;
+                        (Some(e.token.clone()), refresh)
+                    } else {
+                        (None, false)
+                    }
                 }
-                _ => (None, false),
+                None => (None, false),
             },
             Err(_) => (None, false),
         };

@@ -32,7 +32,7 @@ pub fn method_name(method: &str) -> Cow<'static, str> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditEvent {
     /// The decision id for access events (shown to the refused client), else an event id.
-    pub event_id: String,
+    pub event_id: EventId,
     pub at_ms: i64,
     pub kind: &'static str,
     pub outcome: &'static str,
@@ -52,11 +52,16 @@ pub struct AuditEvent {
 /// What an event says beyond its fixed fields. Access decisions, one per proxied request,
 /// have a typed detail (no map to build on the request path); rarer events carry JSON.
 /// Both serialize to a JSON object, which is what is stored and hashed.
+///
+/// The access detail is held inline, not boxed: a box would be allocated on a worker for
+/// every request and freed on the audit writer's thread, which costs more than moving the
+/// larger event through the queue.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)]
 pub enum Detail {
     Json(serde_json::Value),
-    Access(Box<AccessDetail>),
+    Access(AccessDetail),
 }
 
 impl Default for Detail {
@@ -124,7 +129,7 @@ fn json_insert(v: &mut serde_json::Value, key: &str, value: &str) {
 pub struct AccessDetail {
     /// Standard methods are static names; see [`method_name`].
     pub method: Cow<'static, str>,
-    pub path: String,
+    pub path: smol_str::SmolStr,
     /// Serialized as text ("192.0.2.1"), like every address in the audit log.
     pub client_ip: std::net::IpAddr,
     pub twin: Arc<str>,
@@ -146,7 +151,7 @@ impl AuditEvent {
 
     /// An event whose id is already known (a decision id the client was given).
     pub fn with_id(
-        event_id: String,
+        event_id: EventId,
         kind: &'static str,
         outcome: &'static str,
         at: Timestamp,
@@ -174,13 +179,58 @@ thread_local! {
 }
 
 /// A time-ordered unique id (UUIDv7), used for decision ids.
-pub fn new_id() -> String {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+pub fn new_id() -> EventId {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     ID_CONTEXT
         .with(|context| uuid::Uuid::new_v7(uuid::Timestamp::now(context)))
         .hyphenated()
-        .encode_lower(&mut buf)
-        .to_owned()
+        .encode_lower(&mut text);
+    EventId(text)
+}
+
+/// An event id (a decision id for access events) in its hyphenated text form, held inline:
+/// one is made for every request and goes to the audit event, the client's refusal and the
+/// log, and a heap string for it would be allocated on a worker and freed on the audit
+/// writer's thread, which costs more than copying 36 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventId([u8; uuid::fmt::Hyphenated::LENGTH]);
+
+impl EventId {
+    pub fn as_str(&self) -> &str {
+        // Only `new_id` makes one, from the ASCII `encode_lower` writes.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for EventId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for EventId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
 }
 
 /// An event as stored: its text (the JSON the chain hashed, as it was hashed) and its place
@@ -253,7 +303,7 @@ pub struct OwnedEvent {
 impl From<&AuditEvent> for OwnedEvent {
     fn from(e: &AuditEvent) -> Self {
         OwnedEvent {
-            event_id: e.event_id.clone(),
+            event_id: e.event_id.to_string(),
             at_ms: e.at_ms,
             kind: e.kind.to_owned(),
             outcome: e.outcome.to_owned(),
@@ -273,8 +323,8 @@ pub(crate) mod tests {
     use super::*;
 
     /// An access detail with text that needs escaping and an IPv6 address.
-    pub(crate) fn sample_detail(reason: Option<&str>) -> Box<AccessDetail> {
-        Box::new(AccessDetail {
+    pub(crate) fn sample_detail(reason: Option<&str>) -> AccessDetail {
+        AccessDetail {
             method: "GET".into(),
             path: "/plant-7/\"q\"".into(),
             client_ip: "2001:db8::1".parse().unwrap(),
@@ -284,12 +334,12 @@ pub(crate) mod tests {
             session: None,
             errors: vec!["e".into()],
             reason: reason.map(str::to_owned),
-        })
+        }
     }
 
     #[test]
     fn ids_are_unique_across_threads_and_ordered_within_one() {
-        let per_thread: Vec<Vec<String>> = std::thread::scope(|s| {
+        let per_thread: Vec<Vec<EventId>> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..4)
                 .map(|_| s.spawn(|| (0..20_000).map(|_| new_id()).collect::<Vec<_>>()))
                 .collect();
@@ -298,13 +348,13 @@ pub(crate) mod tests {
         let mut all = std::collections::HashSet::new();
         for ids in &per_thread {
             assert!(
-                ids.windows(2).all(|w| w[0] < w[1]),
+                ids.windows(2).all(|w| w[0].as_str() < w[1].as_str()),
                 "ids of one thread out of order"
             );
             for id in ids {
                 let parsed = uuid::Uuid::parse_str(id).unwrap();
                 assert_eq!(parsed.get_version_num(), 7);
-                assert!(all.insert(id.clone()), "duplicate id {id}");
+                assert!(all.insert(*id), "duplicate id {id}");
             }
         }
     }

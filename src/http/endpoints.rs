@@ -228,7 +228,7 @@ pub async fn verify(
     let access = AccessRequest {
         route,
         method: &orig.method,
-        path: normalized.as_str(),
+        path: normalized.shared(),
         bearer: bearer(&headers),
         session_cookie: gw
             .signin

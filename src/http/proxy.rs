@@ -242,7 +242,7 @@ pub fn access_request<'a, H: HeaderLines + ?Sized>(
     AccessRequest {
         route,
         method,
-        path: path.as_str(),
+        path: path.shared(),
         bearer: bearer(headers),
         session_cookie: gw
             .signin

@@ -180,16 +180,14 @@ impl<T> IdleList<T> {
         let Ok(mut idle) = self.items.lock() else {
             return;
         };
+        let now = Instant::now();
         let expired = idle
             .iter()
-            .take_while(|i| i.since.elapsed() >= IDLE_TIMEOUT)
+            .take_while(|i| now.saturating_duration_since(i.since) >= IDLE_TIMEOUT)
             .count();
         idle.drain(..expired);
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            idle.push(Idle { conn, since: now });
         }
     }
 }

@@ -512,7 +512,7 @@ impl Loaded {
         let Some(fields) = slices.fields.as_deref() else {
             return compute();
         };
-        let mut rendered = String::with_capacity(64);
+        let mut rendered = memo::scratch();
         ctx.render_fields(fields, &mut rendered);
         let key = memo::MemoKey {
             policy_set: self.memo_id,

@@ -9,7 +9,7 @@
 
 use super::engine::Verdict;
 use super::Action;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -42,11 +42,23 @@ type Memo = HashMap<MemoKey, Arc<Verdict>, foldhash::fast::RandomState>;
 
 thread_local! {
     static MEMO: RefCell<Memo> = RefCell::new(Memo::default());
+    /// The buffer keys' contexts are rendered into: a key that is found gives its buffer
+    /// back, so a repeat decision allocates nothing.
+    static SCRATCH: Cell<String> = const { Cell::new(String::new()) };
 }
 
-/// The verdict for `key`, computed once per thread while the key repeats.
+/// An empty buffer to render a key's context into (see [`verdict`]).
+pub fn scratch() -> String {
+    let mut buf = SCRATCH.take();
+    buf.clear();
+    buf
+}
+
+/// The verdict for `key`, computed once per thread while the key repeats. A key that is
+/// found returns its context buffer for the next [`scratch`].
 pub fn verdict(key: MemoKey, compute: impl FnOnce() -> Arc<Verdict>) -> Arc<Verdict> {
     if let Some(v) = MEMO.with(|m| m.borrow().get(&key).cloned()) {
+        SCRATCH.set(key.context);
         return v;
     }
     let v = compute();

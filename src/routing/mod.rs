@@ -17,6 +17,9 @@ pub struct Route {
     /// The route's name and twin id, shared by every audit event on this route.
     pub name: std::sync::Arc<str>,
     pub twin: std::sync::Arc<str>,
+    /// The path prefix, for the decisions the gateway makes on the route as a whole (the
+    /// portal's list of twins, the scope of an exchanged credential).
+    pub prefix: smol_str::SmolStr,
     /// The upstream's authority as the `Host` header sent to it (built once).
     pub upstream_host: Option<http::HeaderValue>,
 }
@@ -38,6 +41,7 @@ impl RouteTable {
                 upstream_host: http::HeaderValue::from_str(&config.upstream.authority).ok(),
                 name: config.name.as_str().into(),
                 twin: config.twin.as_str().into(),
+                prefix: config.path_prefix.as_str().into(),
                 config: config.clone(),
             });
             match &config.host {

@@ -29,6 +29,7 @@
 //! look-alikes (e.g. U+FF0F FULLWIDTH SOLIDUS). Those stay percent-encoded and are forwarded as
 //! opaque bytes; an upstream that maps them to ASCII is misconfigured.
 
+use smol_str::SmolStr;
 use std::fmt;
 
 /// Longest path accepted, in bytes, both for the raw input and for the normalized output
@@ -132,12 +133,21 @@ impl std::error::Error for PathError {}
 
 /// A request path in canonical form (see the module docs for what that guarantees).
 /// Only [`normalize`] constructs it, so holding one proves the path was checked.
+///
+/// Held as a `SmolStr`: the policy context and the audit event each keep the path, and a
+/// short one (most are) is copied inline and a long one shared, never allocated again.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NormalizedPath(String);
+pub struct NormalizedPath(SmolStr);
 
 impl NormalizedPath {
     #[must_use]
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path as a string the context and the audit event can keep.
+    #[must_use]
+    pub fn shared(&self) -> &SmolStr {
         &self.0
     }
 
@@ -202,7 +212,7 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
         return Err(PathError::NotAbsolute);
     }
     if is_canonical(raw) {
-        return Ok(NormalizedPath(raw.to_owned()));
+        return Ok(NormalizedPath(SmolStr::new(raw)));
     }
     normalize_in_full(raw)
 }
@@ -221,7 +231,7 @@ fn normalize_in_full(raw: &str) -> Result<NormalizedPath, PathError> {
     if out.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
     }
-    Ok(NormalizedPath(out))
+    Ok(NormalizedPath(out.into()))
 }
 
 /// Whether `raw` (starting with `/`, at most [`MAX_PATH_LEN`] bytes) is already its own

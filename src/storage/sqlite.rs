@@ -731,9 +731,9 @@ mod tests {
         let mut evs = Vec::new();
         for i in 0..7 {
             let mut e = AuditEvent::new("access", "deny", Timestamp::from_unix_secs(2000 + i));
-            e.detail = crate::audit::Detail::Access(Box::new(crate::audit::AccessDetail {
+            e.detail = crate::audit::Detail::Access(crate::audit::AccessDetail {
                 method: "GET".into(),
-                path: format!("/p/{i}"),
+                path: format!("/p/{i}").into(),
                 client_ip: "192.0.2.7".parse().unwrap(),
                 twin: "t".into(),
                 purpose: Some("q\"uote".into()),
@@ -741,7 +741,7 @@ mod tests {
                 session: None,
                 errors: Vec::new(),
                 reason: Some("denied by policy".into()),
-            }));
+            });
             e.policies = vec![format!("p{i}")].into();
             evs.push(e);
         }
@@ -941,7 +941,7 @@ mod tests {
             };
             let mut q = sqlx::query(sql)
                 .bind(seq)
-                .bind(&e.event_id)
+                .bind(e.event_id.as_str())
                 .bind(e.at_ms)
                 .bind(e.kind)
                 .bind(e.outcome)
