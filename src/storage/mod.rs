@@ -92,6 +92,23 @@ pub trait AuditAppender: Send {
     /// Appends events to the chain in one transaction, in order (as [`Store::append_audit`]).
     fn append(&mut self, events: &[AuditEvent]) -> Result<(), StorageError>;
 
+    /// Appends events in one transaction, `step` at a time, taking each step after the
+    /// first only while `go_on()` holds; commits the steps taken and returns how many events
+    /// they held. A writer that may be preempted commits once for several steps (each
+    /// commit rewrites the chain's last pages) yet hands the chain over within one step to a
+    /// writer that asks for it. The default commits every step on its own.
+    fn append_in_steps(
+        &mut self,
+        events: &[AuditEvent],
+        step: usize,
+        go_on: &dyn Fn() -> bool,
+    ) -> Result<usize, StorageError> {
+        let _ = go_on;
+        let n = step.max(1).min(events.len());
+        self.append(&events[..n])?;
+        Ok(n)
+    }
+
     /// Upkeep that appending needs now and then but need not wait for (SQLite: moving the
     /// write-ahead log into the database file), for a thread that runs only when a core is
     /// idle. Once it is taken, the appender leaves that work to it unless it falls far behind.

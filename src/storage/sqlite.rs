@@ -357,9 +357,20 @@ fn connect(path: &std::path::Path) -> Result<rusqlite::Connection, StorageError>
 
 impl super::AuditAppender for SqliteAuditAppender {
     fn append(&mut self, events: &[AuditEvent]) -> Result<(), StorageError> {
+        self.append_in_steps(events, events.len(), &|| true)
+            .map(|_| ())
+    }
+
+    fn append_in_steps(
+        &mut self,
+        events: &[AuditEvent],
+        step: usize,
+        go_on: &dyn Fn() -> bool,
+    ) -> Result<usize, StorageError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
+        let step = step.max(1);
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -370,15 +381,21 @@ impl super::AuditAppender for SqliteAuditAppender {
                 .optional()?
         };
         continue_chain(&mut self.chain, tail)?;
+        let mut appended = 0;
         {
             let mut insert = tx.prepare_cached(INSERT_AUDIT)?;
             for e in events {
+                if appended > 0 && appended % step == 0 && !go_on() {
+                    break;
+                }
                 let l = self.chain.link(e);
                 insert.execute(rusqlite::params![l.seq, l.text, l.hash.as_str()])?;
+                appended += 1;
             }
         }
         tx.commit()?;
-        self.count_appended(events.len())
+        self.count_appended(appended)?;
+        Ok(appended)
     }
 
     fn housekeeper(&mut self) -> Result<Option<Arc<dyn super::AuditHousekeeper>>, StorageError> {
@@ -835,6 +852,36 @@ mod tests {
         let stored = s.audit_events(0, 100_000).await.unwrap();
         assert_eq!(stored.len(), (below_own + 6) * 512);
         verify_chain(&stored, 0, GENESIS).unwrap();
+    }
+
+    /// The background writer's transactions: steps are taken while `go_on` says so, each
+    /// step after the first only once asked, and what was taken is committed (seen from
+    /// another connection) with the chain intact across the calls.
+    #[tokio::test]
+    async fn a_stepped_append_asks_between_steps_and_commits_the_steps_it_took() {
+        let (_d, s, mut appender, _hk) = housekept_store().await;
+        let events = batches(0, 1).next().unwrap();
+        let asked = std::cell::Cell::new(0);
+        let go_on = || {
+            asked.set(asked.get() + 1);
+            asked.get() < 3
+        };
+        assert_eq!(appender.append_in_steps(&events, 100, &go_on).unwrap(), 300);
+        assert_eq!(asked.get(), 3, "asked after each of the three steps");
+        assert_eq!(s.audit_events(0, 1000).await.unwrap().len(), 300);
+        let one_step = || -> bool { unreachable!("asked within a single step") };
+        assert_eq!(
+            appender
+                .append_in_steps(&events[300..], 512, &one_step)
+                .unwrap(),
+            212
+        );
+        let stored = s.audit_events(0, 1000).await.unwrap();
+        assert_eq!(stored.len(), 512);
+        verify_chain(&stored, 0, GENESIS).unwrap();
+        for (e, stored) in events.iter().zip(&stored) {
+            assert_eq!(stored.event().unwrap(), OwnedEvent::from(e));
+        }
     }
 
     #[tokio::test]
