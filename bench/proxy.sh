@@ -109,51 +109,8 @@ wait_status "$DIRECT_URL" 200 || die "upstream did not answer 200 on $DIRECT_URL
 
 # ---------------------------------------------------------------- nginx
 
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<NGINX
-daemon off;
-master_process on;
-worker_processes $WORKERS;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events {
-  worker_connections 4096;
-}
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/client_body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
-  # Connections are kept for good on both sides, as twinward keeps them: nginx's default
-  # of closing each after 1000 requests makes a client reconnect mid-run, which shows
-  # in a paced tail (a p99 of 3-16 ms instead of 1.0-1.4 at 20k req/s on one machine).
-  keepalive_requests 1000000;
-  upstream twin {
-    server 127.0.0.1:$UP_PORT;
-    keepalive 64;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://twin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-NGINX
-nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" -t -q \
-  || die "nginx rejected its config: $(cat "$WORK/nginx/error.log")"
-nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" &
-PIDS+=($!)
-NGINX_PID=$!
+start_nginx "$WORK/nginx" "$NGINX_PORT" "$UP_PORT" "$WORKERS"
 NGINX_URL="http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
-wait_status "$NGINX_URL" 200 || die "nginx did not answer 200 on $NGINX_URL: $(cat "$WORK/nginx/error.log")"
-# The master and its workers (which exist once nginx answers), for CPU and waits.
-NGINX_PIDS="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
 
 # ---------------------------------------------------------------- TCP relay
 # haproxy in TCP mode copies bytes between each client connection and an upstream
