@@ -250,17 +250,7 @@ fn background_writer(drain: &Mutex<Drain>, pressure: &Pressure, idle: &IdleWait)
             d.append_chunk(CHUNK);
             continue;
         }
-        let appended = {
-            let mut d = lock(drain);
-            if !d.has_pending() {
-                d.take_ready();
-            }
-            let any = d.has_pending();
-            if any {
-                d.append_steps(CHUNK, IDLE_STEP, &|| !pressure.is_raised());
-            }
-            any
-        };
+        let appended = idle_turn(&mut lock(drain), pressure);
         if appended {
             // Outside the lock: a pressure writer blocked on it gets it now, and the
             // background writer waits until it is done.
@@ -275,6 +265,20 @@ fn background_writer(drain: &Mutex<Drain>, pressure: &Pressure, idle: &IdleWait)
         // shares one transaction instead of paying a commit each.
         std::thread::sleep(LINGER);
     }
+}
+
+/// One turn of the background writer with the drain: takes what is queued and appends one
+/// transaction of it, a step at a time while the pressure writer is not waiting; false when
+/// nothing was queued.
+fn idle_turn(d: &mut Drain, pressure: &Pressure) -> bool {
+    if !d.has_pending() {
+        d.take_ready();
+    }
+    let any = d.has_pending();
+    if any {
+        d.append_steps(CHUNK, IDLE_STEP, &|| !pressure.is_raised());
+    }
+    any
 }
 
 /// Runs the storage's upkeep whenever a writer finds it due, in the idle class: a
@@ -618,6 +622,65 @@ mod tests {
                 "event {i} out of order"
             );
         }
+    }
+
+    /// A background turn goes on step by step while no takeover waits, and ends its
+    /// transaction at the next step once one does.
+    #[test]
+    fn a_background_turn_ends_its_transaction_at_a_step_once_a_takeover_waits() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        for i in 0..1000 {
+            tx.try_send(AuditEvent::new(
+                "access",
+                "allow",
+                Timestamp::from_unix_secs(i),
+            ))
+            .unwrap();
+        }
+        let pressure = Arc::new(Pressure {
+            raised: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            writer: OnceLock::new(),
+        });
+        // Appends as a backend does, asking between steps; the first transaction's first
+        // step is where a takeover starts waiting.
+        let transactions = Arc::new(Mutex::new(Vec::new()));
+        let (p, seen) = (pressure.clone(), transactions.clone());
+        let append: AppendFn = Box::new(move |events, step, go_on| {
+            let mut appended = 0;
+            for (i, _) in events.iter().enumerate() {
+                if i > 0 && i % step == 0 && !go_on() {
+                    break;
+                }
+                appended += 1;
+                if seen.lock().unwrap().is_empty() && appended == step {
+                    p.raise();
+                }
+            }
+            seen.lock().unwrap().push(appended);
+            Ok(appended)
+        });
+        let mut d = Drain {
+            rx,
+            append,
+            metrics: AuditMetrics::default(),
+            taken: Vec::new(),
+            done: 0,
+            finished: false,
+            failing: Arc::new(AtomicBool::new(false)),
+            upkeep: None,
+        };
+        assert!(idle_turn(&mut d, &pressure));
+        pressure.raised.store(false, Ordering::Release);
+        assert!(idle_turn(&mut d, &pressure));
+        assert!(idle_turn(&mut d, &pressure));
+        assert!(!idle_turn(&mut d, &pressure));
+        // One step while a takeover waited, then whole transactions of CHUNK.
+        assert_eq!(
+            *transactions.lock().unwrap(),
+            [IDLE_STEP, CHUNK, 1000 - IDLE_STEP - CHUNK]
+        );
+        assert_eq!(d.metrics.appended.get(), 1000);
     }
 
     /// The background writer parks on an empty queue holding nothing, and every event that
