@@ -227,12 +227,6 @@ impl Serialize for EventId {
     }
 }
 
-impl PartialEq<str> for EventId {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
 /// An event as stored: its text (the JSON the chain hashed, as it was hashed) and its place
 /// in the chain.
 #[derive(Debug, Clone, PartialEq)]
