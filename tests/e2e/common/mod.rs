@@ -27,13 +27,33 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, from below the ephemeral range: a port the kernel
+/// hands out for `:0` is as likely to be taken next as the local end of some test's
+/// outgoing connection, before the gateway (started later, on a port fixed in its config)
+/// binds it. Each is handed out once per test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = if ephemeral_low > 11_000 {
+        10_000
+    } else {
+        ephemeral_low / 2
+    };
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    for _ in 0..1000 {
+        let candidate = low + (rand::random::<u16>() % (ephemeral_low - low));
+        if handed_out.contains(&candidate) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            handed_out.push(candidate);
+            return candidate;
+        }
+    }
+    panic!("no free port below {ephemeral_low}")
 }
 
 /// What the upstream saw of one request.
