@@ -53,8 +53,8 @@ const CHUNK: usize = 512;
 /// Events per step of the background writer, which holds the drain meanwhile: a short step
 /// leaves little to finish when it is preempted mid-step on a busy machine, where a takeover
 /// waits for that. Between steps it looks whether the pressure writer wants the drain, and
-/// if not goes on in the same transaction, up to [`CHUNK`]: a commit per 128 events cost
-/// about 0.5 µs more per event than one per 512 (the commit rewrites the chain's last pages).
+/// if not goes on in the same transaction, up to [`CHUNK`] (a commit per step would
+/// rewrite the chain's last pages four times as often; see [`CHUNK`]).
 const IDLE_STEP: usize = 128;
 /// Queued events above which the pressure writer takes over: a quarter of the queue, far
 /// above what builds up between the background writer's turns at a load it keeps up with
@@ -366,10 +366,10 @@ impl AuditSink {
             {
                 Some(a) => a.append_in_steps(events, step, go_on),
                 None => {
-                    let n = step.max(1).min(events.len());
+                    let first = crate::storage::first_step(events, step);
                     runtime
-                        .block_on(store.append_audit(&events[..n]))
-                        .map(|()| n)
+                        .block_on(store.append_audit(first))
+                        .map(|()| first.len())
                 }
             },
         );

@@ -104,9 +104,9 @@ pub trait AuditAppender: Send {
         go_on: &dyn Fn() -> bool,
     ) -> Result<usize, StorageError> {
         let _ = go_on;
-        let n = step.max(1).min(events.len());
-        self.append(&events[..n])?;
-        Ok(n)
+        let first = first_step(events, step);
+        self.append(first)?;
+        Ok(first.len())
     }
 
     /// Upkeep that appending needs now and then but need not wait for (SQLite: moving the
@@ -116,6 +116,12 @@ pub trait AuditAppender: Send {
     fn housekeeper(&mut self) -> Result<Option<Arc<dyn AuditHousekeeper>>, StorageError> {
         Ok(None)
     }
+}
+
+/// The events of a stepped append's first step, which is taken without asking (see
+/// [`AuditAppender::append_in_steps`]), for appenders that commit each step on its own.
+pub fn first_step(events: &[AuditEvent], step: usize) -> &[AuditEvent] {
+    &events[..step.max(1).min(events.len())]
 }
 
 /// See [`AuditAppender::housekeeper`]. Shared: one thread asks whether upkeep is due (cheap,
