@@ -516,9 +516,13 @@ mod tests {
     /// The numeric fields of the stat line of this process's thread named `name`, from
     /// field 4 on (after the command name, which may hold spaces, and the state letter).
     fn stat_of(name: &str) -> Option<Vec<i64>> {
-        for task in std::fs::read_dir("/proc/self/task").ok()? {
-            let dir = task.ok()?.path();
-            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        // A thread may end between listing and reading (a runtime's blocking threads do):
+        // skip it rather than give up on the search.
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let dir = task.path();
+            let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+                continue;
+            };
             if comm.trim_end() == name {
                 let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
                 let rest = &stat[stat.rfind(')')? + 4..];
