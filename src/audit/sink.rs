@@ -542,6 +542,21 @@ mod tests {
         Some((*f.get(19 - 4)?, *f.get(41 - 4)?))
     }
 
+    /// Waits up to two seconds for the thread `name` to run with `expected` (nice,
+    /// policy) and gives what it last saw. A new thread names itself and lowers its own
+    /// class once it first runs, which on a busy machine comes well after it is spawned.
+    async fn scheduling_settles(name: &str, expected: (i64, i64)) -> Option<(i64, i64)> {
+        let mut seen = None;
+        for _ in 0..200 {
+            seen = scheduling_of(name);
+            if seen == Some(expected) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seen
+    }
+
     #[allow(clippy::unwrap_used)]
     async fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
         let d = tempfile::tempdir().unwrap();
@@ -564,24 +579,18 @@ mod tests {
             ))
             .await;
         }
-        let mut seen = None;
-        for _ in 0..100 {
-            seen = scheduling_of("twinward-audit");
-            if seen == Some((0, libc::SCHED_IDLE as i64)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(seen, Some((0, libc::SCHED_IDLE as i64)));
+        let idle = (0, libc::SCHED_IDLE as i64);
+        assert_eq!(scheduling_settles("twinward-audit", idle).await, Some(idle));
         assert_eq!(
-            scheduling_of("twinward-audith"),
-            Some((0, libc::SCHED_IDLE as i64))
+            scheduling_settles("twinward-audith", idle).await,
+            Some(idle)
         );
         // The pressure writer stays at normal priority, and a queue that never passed a
         // quarter full never woke it.
+        let normal = (0, libc::SCHED_OTHER as i64);
         assert_eq!(
-            scheduling_of("twinward-auditp"),
-            Some((0, libc::SCHED_OTHER as i64))
+            scheduling_settles("twinward-auditp", normal).await,
+            Some(normal)
         );
         sink.shutdown(task).await;
         assert_eq!(metrics.appended.get(), 1500);
