@@ -17,7 +17,9 @@
 //!   until the queue is short again. Without it the workers would stall on a full queue
 //!   until the background writer caught up, with the other cores idle meanwhile.
 //! - The *housekeeping* thread, also idle-class, runs the storage's upkeep (SQLite's
-//!   checkpoints), which would otherwise run inside some commit.
+//!   checkpoints), which would otherwise run inside some commit. What of it has to run
+//!   between two transactions (the frames committed while it copied) it leaves to the
+//!   pressure writer, which it raises for that.
 //!
 //! Both writers share one [`Drain`] (the queue's receiving end, the events taken from it and
 //! the appender) behind a mutex, so events are appended in the order they were queued by
@@ -124,10 +126,17 @@ impl Pressure {
     }
 }
 
-/// Appends a chunk in one transaction, a step at a time while the predicate holds; returns
-/// how many events it committed (see [`crate::storage::AuditAppender::append_in_steps`]).
-type AppendFn =
-    Box<dyn FnMut(&[AuditEvent], usize, &dyn Fn() -> bool) -> Result<usize, StorageError> + Send>;
+/// What a writer asks of the storage.
+enum Call<'a> {
+    /// Append a chunk in one transaction, a step at a time while the predicate holds; the
+    /// answer is how many events were committed (see
+    /// [`crate::storage::AuditAppender::append_in_steps`]).
+    Append(&'a [AuditEvent], usize, &'a dyn Fn() -> bool),
+    /// [`crate::storage::AuditAppender::finish_upkeep`]; the answer is 0.
+    FinishUpkeep,
+}
+
+type AppendFn = Box<dyn FnMut(Call<'_>) -> Result<usize, StorageError> + Send>;
 
 /// The receiving end of the queue and the appending state, used by whichever writer holds
 /// the lock.
@@ -203,7 +212,7 @@ impl Drain {
         let chunk = &self.taken[self.done..end];
         let mut delay = Duration::from_millis(50);
         let appended = loop {
-            match (self.append)(chunk, step, go_on) {
+            match (self.append)(Call::Append(chunk, step, go_on)) {
                 Ok(appended) => break appended,
                 Err(e) => {
                     self.failing.store(true, Ordering::Release);
@@ -221,6 +230,24 @@ impl Drain {
             if h.is_due() {
                 thread.unpark();
             }
+        }
+    }
+}
+
+impl Drain {
+    /// Runs the part of the upkeep that appending waits for, if the housekeeper left one.
+    /// Only the pressure writer calls this: at normal priority, it gets a core back soon
+    /// after the `fsync`s it may wait through while holding the drain.
+    fn finish_upkeep(&mut self) {
+        let Some((h, _)) = &self.upkeep else {
+            return;
+        };
+        if !h.wants_finish() {
+            return;
+        }
+        if let Err(e) = (self.append)(Call::FinishUpkeep) {
+            // Nothing is lost: the housekeeper is due again and the round repeats.
+            tracing::warn!(error = %e, "audit storage upkeep failed; retrying when next due");
         }
     }
 }
@@ -283,7 +310,7 @@ fn idle_turn(d: &mut Drain, pressure: &Pressure) -> bool {
 
 /// Runs the storage's upkeep whenever a writer finds it due, in the idle class: a
 /// checkpoint copies and syncs for up to tens of milliseconds, and nothing waits for it.
-fn housekeeping_thread(housekeeper: &dyn AuditHousekeeper, idle: &IdleWait) {
+fn housekeeping_thread(housekeeper: &dyn AuditHousekeeper, idle: &IdleWait, pressure: &Pressure) {
     lower_priority();
     let mut failed = false;
     loop {
@@ -295,7 +322,14 @@ fn housekeeping_thread(housekeeper: &dyn AuditHousekeeper, idle: &IdleWait) {
             continue;
         }
         match housekeeper.tidy() {
-            Ok(()) => failed = false,
+            Ok(()) => {
+                failed = false;
+                if housekeeper.wants_finish() {
+                    // The rest has to run between two transactions: the pressure writer
+                    // takes the drain at the background writer's next step and runs it.
+                    pressure.raise();
+                }
+            }
             Err(e) if !failed => {
                 // Appending goes on; the appender does the upkeep itself if this falls far
                 // behind.
@@ -307,9 +341,14 @@ fn housekeeping_thread(housekeeper: &dyn AuditHousekeeper, idle: &IdleWait) {
     }
 }
 
-/// Waits until the queue passes [`PRESSURE`], then appends at normal priority until no
-/// more than [`CALM`] events are queued, and lowers the pressure again.
-fn pressure_writer(drain: &Mutex<Drain>, pressure: &Pressure) {
+/// Waits until the queue passes [`PRESSURE`] (or the housekeeper leaves it the rest of its
+/// upkeep), then finishes the upkeep, appends at normal priority until no more than
+/// [`CALM`] events are queued, and lowers the pressure again.
+fn pressure_writer(
+    drain: &Mutex<Drain>,
+    pressure: &Pressure,
+    housekeeper: Option<&dyn AuditHousekeeper>,
+) {
     loop {
         while !pressure.is_raised() {
             if pressure.stopping.load(Ordering::Acquire) {
@@ -322,7 +361,10 @@ fn pressure_writer(drain: &Mutex<Drain>, pressure: &Pressure) {
             // it gets one, finishes its chunk and lets go at the latest when the queue is
             // full and the workers wait.
             let mut d = lock(drain);
-            d.metrics.takeovers.inc();
+            d.finish_upkeep();
+            if d.has_pending() || d.rx.len() > CALM {
+                d.metrics.takeovers.inc();
+            }
             while !d.finished {
                 if !d.has_pending() {
                     if d.rx.len() <= CALM {
@@ -333,7 +375,16 @@ fn pressure_writer(drain: &Mutex<Drain>, pressure: &Pressure) {
                 d.append_chunk(CHUNK);
             }
         }
-        pressure.raised.store(false, Ordering::Release);
+        // A raise while this ran found the pressure already raised and woke nobody. The
+        // workers raise again while the queue stays long; the housekeeper raises once, so
+        // its request is looked at again here. Reading the flag as it is lowered pairs
+        // with the housekeeper's raise: whichever comes second sees the other.
+        pressure.raised.swap(false, Ordering::AcqRel);
+        if housekeeper.is_some_and(|h| h.wants_finish())
+            && !pressure.stopping.load(Ordering::Acquire)
+        {
+            pressure.raised.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -360,19 +411,17 @@ impl AuditSink {
             None => None,
         };
         let runtime = tokio::runtime::Handle::current();
-        let append: AppendFn = Box::new(
-            move |events: &[AuditEvent], step: usize, go_on: &dyn Fn() -> bool| match appender
-                .as_mut()
-            {
-                Some(a) => a.append_in_steps(events, step, go_on),
-                None => {
-                    let first = crate::storage::first_step(events, step);
-                    runtime
-                        .block_on(store.append_audit(first))
-                        .map(|()| first.len())
-                }
-            },
-        );
+        let append: AppendFn = Box::new(move |call: Call<'_>| match (appender.as_mut(), call) {
+            (Some(a), Call::Append(events, step, go_on)) => a.append_in_steps(events, step, go_on),
+            (Some(a), Call::FinishUpkeep) => a.finish_upkeep().map(|()| 0),
+            (None, Call::Append(events, step, _)) => {
+                let first = crate::storage::first_step(events, step);
+                runtime
+                    .block_on(store.append_audit(first))
+                    .map(|()| first.len())
+            }
+            (None, Call::FinishUpkeep) => Ok(0),
+        });
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -384,19 +433,25 @@ impl AuditSink {
             stopping: AtomicBool::new(false),
             writer: OnceLock::new(),
         });
+        let pressure = Arc::new(Pressure {
+            raised: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            writer: OnceLock::new(),
+        });
         // Thread names are cut at 15 bytes: "h" for housekeeping, "p" for pressure.
         let (housekeeping, upkeep) = match housekeeper {
             Some(h) => {
-                let (shared, i) = (h.clone(), idle.clone());
+                let (shared, i, p) = (h.clone(), idle.clone(), pressure.clone());
                 let t = spawn(
                     "twinward-audith",
-                    Box::new(move || housekeeping_thread(shared.as_ref(), &i)),
+                    Box::new(move || housekeeping_thread(shared.as_ref(), &i, &p)),
                 )?;
                 let thread = t.thread().clone();
                 (Some(t), Some((h, thread)))
             }
             None => (None, None),
         };
+        let upkeep_handle = upkeep.as_ref().map(|(h, _)| h.clone());
         let failing = Arc::new(AtomicBool::new(false));
         let drain = Arc::new(Mutex::new(Drain {
             rx,
@@ -408,13 +463,11 @@ impl AuditSink {
             failing: failing.clone(),
             upkeep,
         }));
-        let pressure = Arc::new(Pressure {
-            raised: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-            writer: OnceLock::new(),
-        });
         let (d, p) = (drain.clone(), pressure.clone());
-        let pressure_thread = spawn("twinward-auditp", Box::new(move || pressure_writer(&d, &p)))?;
+        let pressure_thread = spawn(
+            "twinward-auditp",
+            Box::new(move || pressure_writer(&d, &p, upkeep_handle.as_deref())),
+        )?;
         let _ = pressure.writer.set(pressure_thread.thread().clone());
         let (p, i) = (pressure.clone(), idle.clone());
         let background = spawn(
@@ -637,6 +690,37 @@ mod tests {
         }
     }
 
+    /// Events recorded at a steady pace, several checkpoints' worth: the housekeeper moves
+    /// the log's bulk, the pressure writer the rest between two transactions, and the log
+    /// starts over each time instead of outgrowing the database.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_write_ahead_log_stays_bounded_under_steady_recording() {
+        let (d, store) = store().await;
+        let metrics = AuditMetrics::default();
+        let (sink, task) = AuditSink::start(store.clone(), metrics.clone()).unwrap();
+        let n = 40_000i64;
+        for i in 0..n {
+            sink.record(AuditEvent::new(
+                "access",
+                "allow",
+                Timestamp::from_unix_secs(i),
+            ))
+            .await;
+            if i % 50 == 0 {
+                // A steady pace with idle time, rather than a flood: the queue stays short
+                // and the idle-class threads get a core.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        sink.shutdown(task).await;
+        assert_eq!(metrics.appended.get(), n as u64);
+        let len = |name: &str| std::fs::metadata(d.path().join(name)).map_or(0, |m| m.len());
+        let (db, wal) = (len("a.db"), len("a.db-wal"));
+        // Without the finishing step the log holds every event, in more bytes than the
+        // database (each small commit rewrites whole pages): about three times its size.
+        assert!(wal < db, "the log is {wal} bytes for a database of {db}");
+    }
+
     /// A background turn goes on step by step while no takeover waits, and ends its
     /// transaction at the next step once one does.
     #[test]
@@ -659,7 +743,10 @@ mod tests {
         // step is where a takeover starts waiting.
         let transactions = Arc::new(Mutex::new(Vec::new()));
         let (p, seen) = (pressure.clone(), transactions.clone());
-        let append: AppendFn = Box::new(move |events, step, go_on| {
+        let append: AppendFn = Box::new(move |call| {
+            let Call::Append(events, step, go_on) = call else {
+                return Ok(0);
+            };
             let mut appended = 0;
             for (i, _) in events.iter().enumerate() {
                 if i > 0 && i % step == 0 && !go_on() {

@@ -116,6 +116,15 @@ pub trait AuditAppender: Send {
     fn housekeeper(&mut self) -> Result<Option<Arc<dyn AuditHousekeeper>>, StorageError> {
         Ok(None)
     }
+
+    /// The part of the housekeeper's upkeep that has to run between two of this appender's
+    /// transactions, once [`AuditHousekeeper::wants_finish`] says so (SQLite: moving the
+    /// frames committed since the housekeeper's checkpoint began, so that the next
+    /// transaction starts the log over). Appending waits while it runs, through an `fsync`
+    /// or two: run it where waking from them does not wait long for a core.
+    fn finish_upkeep(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// The events of a stepped append's first step, which is taken without asking (see
@@ -130,6 +139,10 @@ pub trait AuditHousekeeper: Send + Sync {
     /// Enough has been appended since the last upkeep to make another worth its cost.
     fn is_due(&self) -> bool;
     fn tidy(&self) -> Result<(), StorageError>;
+    /// The last upkeep left a part for the appender: [`AuditAppender::finish_upkeep`].
+    fn wants_finish(&self) -> bool {
+        false
+    }
 }
 
 pub trait Store: Send + Sync + 'static {
