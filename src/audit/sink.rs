@@ -610,6 +610,11 @@ mod tests {
         seen
     }
 
+    /// An allowed access event at second `at`: the order of these is what tests check.
+    fn event(at: i64) -> AuditEvent {
+        AuditEvent::new("access", "allow", Timestamp::from_unix_secs(at))
+    }
+
     #[allow(clippy::unwrap_used)]
     async fn store() -> (tempfile::TempDir, Arc<SqliteStore>) {
         let d = tempfile::tempdir().unwrap();
@@ -625,12 +630,7 @@ mod tests {
         let metrics = AuditMetrics::default();
         let (sink, task) = AuditSink::start(store.clone(), metrics.clone()).unwrap();
         for i in 0..1500 {
-            sink.record(AuditEvent::new(
-                "access",
-                "allow",
-                Timestamp::from_unix_secs(i),
-            ))
-            .await;
+            sink.record(event(i)).await;
         }
         let idle = (0, libc::SCHED_IDLE as i64);
         assert_eq!(scheduling_settles("twinward-audit", idle).await, Some(idle));
@@ -663,12 +663,7 @@ mod tests {
         // within the first few thousand events.
         let n = 3 * QUEUE as i64;
         for i in 0..n {
-            sink.record(AuditEvent::new(
-                "access",
-                "allow",
-                Timestamp::from_unix_secs(i),
-            ))
-            .await;
+            sink.record(event(i)).await;
         }
         sink.shutdown(task).await;
         assert!(
@@ -709,12 +704,7 @@ mod tests {
         // Below the appender's own fallback (65,536 rows): only the rounds start it over.
         let n = 60_000i64;
         for i in 0..n {
-            sink.record(AuditEvent::new(
-                "access",
-                "allow",
-                Timestamp::from_unix_secs(i),
-            ))
-            .await;
+            sink.record(event(i)).await;
             if i % 25 == 0 {
                 // A steady pace with idle time, rather than a flood: the queue stays short
                 // and the idle-class threads get a core.
@@ -743,12 +733,7 @@ mod tests {
     fn a_background_turn_ends_its_transaction_at_a_step_once_a_takeover_waits() {
         let (tx, rx) = mpsc::channel(QUEUE);
         for i in 0..1000 {
-            tx.try_send(AuditEvent::new(
-                "access",
-                "allow",
-                Timestamp::from_unix_secs(i),
-            ))
-            .unwrap();
+            tx.try_send(event(i)).unwrap();
         }
         let pressure = Arc::new(Pressure {
             raised: AtomicBool::new(false),
@@ -809,12 +794,7 @@ mod tests {
         for i in 0..10u64 {
             // Parked by now: the last event was appended a linger ago.
             tokio::time::sleep(LINGER * 2).await;
-            sink.record(AuditEvent::new(
-                "access",
-                "allow",
-                Timestamp::from_unix_secs(i as i64),
-            ))
-            .await;
+            sink.record(event(i as i64)).await;
             let mut waited = Duration::ZERO;
             while metrics.appended.get() < i + 1 {
                 assert!(
