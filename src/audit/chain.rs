@@ -72,7 +72,7 @@ impl std::fmt::Debug for HexHash {
 pub struct ChainWriter {
     seq: i64,
     prev: HexHash,
-    json: Vec<u8>,
+    json: String,
 }
 
 /// One event's place in the chain and its stored text.
@@ -95,7 +95,7 @@ impl ChainWriter {
         ChainWriter {
             seq: 0,
             prev: HexHash([b'0'; 64]),
-            json: Vec::with_capacity(1024),
+            json: String::with_capacity(1024),
         }
     }
 
@@ -119,12 +119,10 @@ impl ChainWriter {
         self.json.clear();
         if self.json.capacity() > 1 << 20 {
             // One huge event must not pin a megabyte for the writer's lifetime.
-            self.json = Vec::with_capacity(1024);
+            self.json = String::with_capacity(1024);
         }
         super::json::write_event(&mut self.json, e);
-        // The JSON writer writes whole UTF-8 strings and ASCII around them, so this never
-        // falls back; whatever text is stored is the text that was hashed.
-        let text = std::str::from_utf8(&self.json).unwrap_or("{}");
+        let text = self.json.as_str();
         self.prev = HexHash::of(&chain_digest(&self.prev.0, self.seq, text.as_bytes()));
         Linked {
             seq: self.seq,

@@ -2,20 +2,22 @@
 //! the chain hashes. Byte for byte what serde_json writes for the same values (tests
 //! compare the two on generated events); only cheaper, because strings that need no
 //! escaping, nearly all of them, are copied as they are instead of being escaped a byte at
-//! a time.
+//! a time. It writes into a `String`, so the text is UTF-8 by construction and the chain
+//! needs no pass over it to say so.
 
 use super::{AccessDetail, AuditEvent, Detail};
-use std::io::Write;
+use std::fmt::Write;
 
 /// A JSON string, escaped exactly as serde_json escapes it.
-pub fn push_str(out: &mut Vec<u8>, s: &str) {
+pub fn push_str(out: &mut String, s: &str) {
     if needs_escape(s.as_bytes()) {
-        // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
+        // Rare (a quote, a backslash or a control character); serializing a string cannot
+        // fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
     } else {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
     }
 }
 
@@ -46,104 +48,104 @@ fn needs_escape(bytes: &[u8]) -> bool {
         .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
-fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+fn push_opt_str(out: &mut String, s: Option<&str>) {
     match s {
         Some(s) => push_str(out, s),
-        None => out.extend_from_slice(b"null"),
+        None => out.push_str("null"),
     }
 }
 
-pub fn push_str_array(out: &mut Vec<u8>, items: &[String]) {
-    out.push(b'[');
+pub fn push_str_array(out: &mut String, items: &[String]) {
+    out.push('[');
     for (i, s) in items.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push(',');
         }
         push_str(out, s);
     }
-    out.push(b']');
+    out.push(']');
 }
 
 /// An address as `Display` writes it; IPv4, the common case, without the formatting
 /// machinery (it showed in the writer's profile).
-fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
             let mut digits = itoa::Buffer::new();
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    out.push('.');
                 }
-                out.extend_from_slice(digits.format(octet).as_bytes());
+                out.push_str(digits.format(octet));
             }
         }
         std::net::IpAddr::V6(v6) => {
+            // Writing into a String cannot fail.
             let _ = write!(out, "{v6}");
         }
     }
 }
 
 /// The detail of an access event as stored (`serde_json::to_string(&detail)`).
-pub fn write_access_detail(out: &mut Vec<u8>, d: &AccessDetail) {
-    out.extend_from_slice(b"{\"method\":");
+pub fn write_access_detail(out: &mut String, d: &AccessDetail) {
+    out.push_str("{\"method\":");
     push_str(out, &d.method);
-    out.extend_from_slice(b",\"path\":");
+    out.push_str(",\"path\":");
     push_str(out, &d.path);
-    out.extend_from_slice(b",\"client_ip\":\"");
+    out.push_str(",\"client_ip\":\"");
     push_ip(out, d.client_ip);
-    out.extend_from_slice(b"\",\"twin\":");
+    out.push_str("\",\"twin\":");
     push_str(out, &d.twin);
-    out.extend_from_slice(b",\"purpose\":");
+    out.push_str(",\"purpose\":");
     push_opt_str(out, d.purpose.as_deref());
     if let Some(t) = &d.token_id {
-        out.extend_from_slice(b",\"token_id\":");
+        out.push_str(",\"token_id\":");
         push_str(out, t);
     }
     if let Some(s) = &d.session {
-        out.extend_from_slice(b",\"session\":");
+        out.push_str(",\"session\":");
         push_str(out, s);
     }
     if !d.errors.is_empty() {
-        out.extend_from_slice(b",\"errors\":");
+        out.push_str(",\"errors\":");
         push_str_array(out, &d.errors);
     }
     if let Some(r) = &d.reason {
-        out.extend_from_slice(b",\"reason\":");
+        out.push_str(",\"reason\":");
         push_str(out, r);
     }
-    out.push(b'}');
+    out.push('}');
 }
 
 /// An event's stored text, which the chain hashes: what `serde_json::to_writer(&event)`
 /// writes.
-pub fn write_event(out: &mut Vec<u8>, e: &AuditEvent) {
-    out.extend_from_slice(b"{\"event_id\":");
+pub fn write_event(out: &mut String, e: &AuditEvent) {
+    out.push_str("{\"event_id\":");
     push_str(out, &e.event_id);
-    out.extend_from_slice(b",\"at_ms\":");
-    out.extend_from_slice(itoa::Buffer::new().format(e.at_ms).as_bytes());
-    out.extend_from_slice(b",\"kind\":");
+    out.push_str(",\"at_ms\":");
+    out.push_str(itoa::Buffer::new().format(e.at_ms));
+    out.push_str(",\"kind\":");
     push_str(out, e.kind);
-    out.extend_from_slice(b",\"outcome\":");
+    out.push_str(",\"outcome\":");
     push_str(out, e.outcome);
-    out.extend_from_slice(b",\"actor\":");
+    out.push_str(",\"actor\":");
     push_opt_str(out, e.actor.as_deref());
-    out.extend_from_slice(b",\"actor_pseudonym\":");
+    out.push_str(",\"actor_pseudonym\":");
     push_opt_str(out, e.actor_pseudonym.as_deref());
-    out.extend_from_slice(b",\"route\":");
+    out.push_str(",\"route\":");
     push_opt_str(out, e.route.as_deref());
-    out.extend_from_slice(b",\"action\":");
+    out.push_str(",\"action\":");
     push_opt_str(out, e.action);
-    out.extend_from_slice(b",\"policies\":");
+    out.push_str(",\"policies\":");
     push_str_array(out, &e.policies);
-    out.extend_from_slice(b",\"detail\":");
+    out.push_str(",\"detail\":");
     match &e.detail {
         Detail::Access(d) => write_access_detail(out, d),
-        // Writing plain JSON values into a Vec cannot fail.
-        Detail::Json(v) => {
-            let _ = serde_json::to_writer(&mut *out, v);
-        }
+        // Events other than access (credentials minted, tokens, sign-ins): far rarer than
+        // requests, so the allocation does not matter. A JSON value always serializes.
+        Detail::Json(v) => out.push_str(&serde_json::to_string(v).unwrap_or_default()),
     }
-    out.push(b'}');
+    out.push('}');
 }
 
 #[cfg(test)]
@@ -236,13 +238,13 @@ mod tests {
         #[test]
         fn writes_what_serde_json_writes(e in event()) {
             let Detail::Access(d) = &e.detail else { unreachable!() };
-            let mut fast = Vec::new();
+            let mut fast = String::new();
             write_access_detail(&mut fast, d);
-            prop_assert_eq!(&fast, &serde_json::to_vec(d).unwrap());
+            prop_assert_eq!(&fast, &serde_json::to_string(d).unwrap());
 
-            let mut text = Vec::new();
+            let mut text = String::new();
             write_event(&mut text, &e);
-            prop_assert_eq!(&text, &serde_json::to_vec(&e).unwrap());
+            prop_assert_eq!(&text, &serde_json::to_string(&e).unwrap());
         }
 
         #[test]
@@ -256,9 +258,9 @@ mod tests {
                 m.insert(k.clone(), serde_json::json!({ "v": v, "n": [1, null, true] }));
             }
             e.detail = Detail::Json(serde_json::Value::Object(m));
-            let mut text = Vec::new();
+            let mut text = String::new();
             write_event(&mut text, &e);
-            prop_assert_eq!(&text, &serde_json::to_vec(&e).unwrap());
+            prop_assert_eq!(&text, &serde_json::to_string(&e).unwrap());
         }
     }
 }
