@@ -315,6 +315,8 @@ impl super::AuditHousekeeper for SqliteHousekeeper {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         checkpoint(&conn, &self.log)?;
+        // Even when this moved the whole log it saw: frames committed after it read the log's
+        // end are not in that count, and only a move between two transactions finds them all.
         self.log
             .rest_wanted
             .store(true, std::sync::atomic::Ordering::Release);
