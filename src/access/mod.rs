@@ -148,7 +148,7 @@ impl Gateway {
     pub async fn authorize(&self, req: &AccessRequest<'_>) -> Result<Grant, Refused> {
         let started = std::time::Instant::now();
         let now = self.clock.now();
-        let decision_id = audit::new_id();
+        let decision_id = audit::new_id(now);
         if self.audit.is_failing() {
             self.metrics.count_decision("error");
             return Err(Refused {
@@ -424,7 +424,7 @@ impl Gateway {
         purpose: Option<&str>,
     ) -> Result<Arc<Credential>, Refused> {
         let now = self.clock.now();
-        let decision_id = audit::new_id();
+        let decision_id = audit::new_id(now);
         if self.audit.is_failing() {
             return Err(Refused {
                 decision_id,

@@ -146,7 +146,7 @@ pub struct AccessDetail {
 
 impl AuditEvent {
     pub fn new(kind: &'static str, outcome: &'static str, at: Timestamp) -> Self {
-        Self::with_id(new_id(), kind, outcome, at)
+        Self::with_id(new_id(at), kind, outcome, at)
     }
 
     /// An event whose id is already known (a decision id the client was given).
@@ -178,11 +178,22 @@ thread_local! {
     static ID_CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
 }
 
-/// A time-ordered unique id (UUIDv7), used for decision ids.
-pub fn new_id() -> EventId {
+/// A time-ordered unique id (UUIDv7) for an event at `at`, used for decision ids. Its time
+/// is the event's own, read from the gateway's clock like every other time: an admin
+/// matching a decision id to its event finds the same millisecond in both, and the request
+/// path reads the clock once for the two. Ids made at one timestamp stay ordered and
+/// unique by the context's counter.
+pub fn new_id(at: Timestamp) -> EventId {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let since = at.since_epoch();
     ID_CONTEXT
-        .with(|context| uuid::Uuid::new_v7(uuid::Timestamp::now(context)))
+        .with(|context| {
+            uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+                context,
+                since.as_secs(),
+                since.subsec_nanos(),
+            ))
+        })
         .hyphenated()
         .encode_lower(&mut text);
     EventId(text)
@@ -333,9 +344,12 @@ pub(crate) mod tests {
 
     #[test]
     fn ids_are_unique_across_threads_and_ordered_within_one() {
+        // One timestamp for all: a fixed clock (or a burst within one millisecond) must not
+        // make two ids alike.
+        let at = Timestamp::from_unix_millis(1_795_000_000_123);
         let per_thread: Vec<Vec<EventId>> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| (0..20_000).map(|_| new_id()).collect::<Vec<_>>()))
+                .map(|_| s.spawn(move || (0..20_000).map(|_| new_id(at)).collect::<Vec<_>>()))
                 .collect();
             workers.into_iter().map(|w| w.join().unwrap()).collect()
         });
@@ -351,6 +365,22 @@ pub(crate) mod tests {
                 assert!(all.insert(*id), "duplicate id {id}");
             }
         }
+    }
+
+    #[test]
+    fn a_decision_id_carries_its_events_time() {
+        let at = Timestamp::from_unix_millis(1_795_000_000_123);
+        // A thread of its own: the id context is per thread, and one that has seen a later
+        // time keeps its ids after that time.
+        let id = std::thread::spawn(move || AuditEvent::new("access", "allow", at).event_id)
+            .join()
+            .unwrap();
+        let (secs, nanos) = uuid::Uuid::parse_str(id.as_str())
+            .unwrap()
+            .get_timestamp()
+            .unwrap()
+            .to_unix();
+        assert_eq!(secs * 1000 + u64::from(nanos / 1_000_000), at.unix_millis());
     }
 
     #[test]
