@@ -181,8 +181,9 @@ thread_local! {
 /// A time-ordered unique id (UUIDv7) for an event at `at`, used for decision ids. Its time
 /// is the event's own, read from the gateway's clock like every other time: an admin
 /// matching a decision id to its event finds the same millisecond in both, and the request
-/// path reads the clock once for the two. Ids made at one timestamp stay ordered and
-/// unique by the context's counter.
+/// path reads the clock once for the two. Ids made at one timestamp stay ordered (within a
+/// thread) and unique by the context's counter; after the clock steps back, a thread's ids
+/// keep the latest time it saw until the clock passes it again, so they never go backwards.
 pub fn new_id(at: Timestamp) -> EventId {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let since = at.since_epoch();
