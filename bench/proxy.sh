@@ -246,7 +246,22 @@ warm "${AUTH[@]}" "$TW_URL"
 # medians can pair one target's fast state with the other's slow one. Both are printed.
 median_of() { sort -n -k"$1" | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'; }
 
+# The machine's own state is printed beside the figures: how much time the hypervisor took
+# away from the cores over the full-load rounds, and over each target's paced runs how busy
+# all cores were (wrk, the upstream and the proxy together) and how much was taken, since
+# the paced tail is mostly time spent waiting for a core. From /proc/stat.
+# cpu_jiffies: "busy stolen total" summed over all cores so far (guest time is already in
+# user time, so the total stops at steal).
+cpu_jiffies() {
+  awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8; total = 0; for (i = 2; i <= 9; i++) total += $i; print busy, $9, total }' /proc/stat
+}
+# cpu_share JIFFIES: "busy% stolen%" of a "busy stolen total" count of jiffies.
+cpu_share() {
+  awk -v j="$1" 'BEGIN { split(j, x, " "); t = x[3]; if (t <= 0) t = 1;
+    printf "%.0f %.1f", 100 * x[1] / t, 100 * x[2] / t }'
+}
 echo "== full load, $ROUNDS rounds"
+FULL_CPU_BEFORE="$(cpu_jiffies)"
 A_RUNS="" B_RUNS="" C_RUNS="" D_RUNS="" CA_ROUNDS="" CB_ROUNDS=""
 for round in $(seq 1 "$ROUNDS"); do
   measure "direct-$round" "$DIRECT_URL" 0
@@ -267,24 +282,12 @@ for round in $(seq 1 "$ROUNDS"); do
   fi
   echo
 done
+FULL_CPU="$(fieldwise "$(cpu_jiffies)" - "$FULL_CPU_BEFORE")"
 read -r A_RPS A_P50 A_P99 <<<"$(printf '%s' "$A_RUNS" | median_of 1)"
 read -r B_RPS B_P50 B_P99 B_CPU <<<"$(printf '%s' "$B_RUNS" | median_of 1)"
 read -r C_RPS C_P50 C_P99 C_CPU C_AUDIT_CPU <<<"$(printf '%s' "$C_RUNS" | median_of 1)"
 [ "$MEASURE_RELAY" = 0 ] || read -r D_RPS D_P50 D_P99 D_CPU <<<"$(printf '%s' "$D_RUNS" | median_of 1)"
 
-# The paced tail is mostly time spent waiting for a core, so the machine's own state is
-# printed beside it: how busy all cores were (wrk, the upstream and the proxy together) and
-# how much time the hypervisor took away, from /proc/stat over each target's paced runs.
-# cpu_jiffies: "busy stolen total" summed over all cores so far (guest time is already in
-# user time, so the total stops at steal).
-cpu_jiffies() {
-  awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8; total = 0; for (i = 2; i <= 9; i++) total += $i; print busy, $9, total }' /proc/stat
-}
-# cpu_share JIFFIES: "busy% stolen%" of a "busy stolen total" count of jiffies.
-cpu_share() {
-  awk -v j="$1" 'BEGIN { split(j, x, " "); t = x[3]; if (t <= 0) t = 1;
-    printf "%.0f %.1f", 100 * x[1] / t, 100 * x[2] / t }'
-}
 # And where the threads that serve requests waited: sched_wait PID... prints the
 # nanoseconds these processes' threads have spent runnable but without a core so far (the
 # second field of /proc/<pid>/task/<tid>/schedstat; 0 where the kernel does not keep it).
@@ -368,6 +371,13 @@ printf '%-34s %12s %12s %12s %11s µs\n' "    of which the audit writer" "" "" "
   || printf '%-34s %12.0f %12s %12s %11s µs\n' "(d) TCP relay (haproxy, mode tcp)" "$D_RPS" "$(ms "$D_P50")" "$(ms "$D_P99")" "$D_CPU"
 echo "(the audit writer hashes every decision into the chain and appends it to SQLite;"
 echo " nginx runs with its access log off, so it writes nothing per request)"
+read -r _ FULL_STOLEN <<<"$(cpu_share "$FULL_CPU")"
+printf '(over the full-load rounds the hypervisor took %s%% of the cores'"'"' time' "$FULL_STOLEN"
+if awk -v s="$FULL_STOLEN" 'BEGIN { exit !(s > 5) }'; then
+  printf ': a machine whose\n host is this busy gives figures that compare only within this run)\n'
+else
+  printf ')\n'
+fi
 echo
 printf 'c/a = %s   c/b = %s   (target c/b >= 0.9: %s)\n' "$CA" "$CB" "$(verdict "$CB" 0.9 ">=")"
 printf '(medians over the rounds of each round'"'"'s own ratios; the medians above give c/a = %s, c/b = %s)\n' \
