@@ -266,6 +266,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Serve(a) => {
             let cfg = load_config(&a.config)?;
             init_logging(&cfg);
+            for w in config::advice::warnings(&cfg) {
+                tracing::warn!("{w}");
+            }
             // Requests are served on per-core worker threads of their own; this runtime runs
             // the audit writer, watchers and the admin listener.
             let rt = runtime_for(None)?;
@@ -584,6 +587,10 @@ fn check(path: &Path) -> Result<ExitCode, Failure> {
     }
     if problems.is_empty() {
         println!("{}: ok", path.display());
+        // Said only of a config that is otherwise fine: a problem list stays a problem list.
+        for w in cfg.iter().flat_map(config::advice::warnings) {
+            eprintln!("{}", w.as_warning());
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         for p in &problems {

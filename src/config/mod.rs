@@ -3,6 +3,7 @@
 //! the line and column where it is known, so `twinward check` can list them all at once.
 //! No I/O beyond reading the file itself.
 
+pub mod advice;
 pub mod duration;
 pub mod file;
 pub mod secret;
@@ -33,6 +34,16 @@ impl fmt::Display for Problem {
         match self.position {
             Some((l, c)) => write!(f, "{}:{}:{}: {}", self.file, l, c, self.message),
             None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl Problem {
+    /// The same place, said as a warning: `file:line:col: warning: …`.
+    pub fn as_warning(&self) -> String {
+        match self.position {
+            Some((l, c)) => format!("{}:{}:{}: warning: {}", self.file, l, c, self.message),
+            None => format!("{}: warning: {}", self.file, self.message),
         }
     }
 }

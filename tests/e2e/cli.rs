@@ -718,7 +718,20 @@ fn check_finds_a_missing_client_secret_and_an_unknown_mapped_role() {
     std::fs::create_dir_all(dir.path().join("nowhere")).unwrap();
     std::fs::write(dir.path().join("nowhere/secret"), "s").unwrap();
     let fixed = text.replace("twin-operatr", "twin-operator");
-    std::fs::write(dir.path().join("twinward.toml"), fixed).unwrap();
+    std::fs::write(dir.path().join("twinward.toml"), &fixed).unwrap();
     let out = run(dir.path(), &["check"]);
     assert!(out.status.success(), "{}", both(&out));
+    // Browsers sign in on this config's auth host, and the route, having no host, is served
+    // there too: valid, but said.
+    let warning = "twinward.toml:9:1: warning: route \"plant-7\" has no host";
+    assert!(both(&out).contains(warning), "{}", both(&out));
+
+    let own_host = fixed.replace(
+        "path_prefix = \"/plant-7\"",
+        "host = \"plant-7.example.com\"\npath_prefix = \"/plant-7\"",
+    );
+    std::fs::write(dir.path().join("twinward.toml"), own_host).unwrap();
+    let out = run(dir.path(), &["check"]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(!both(&out).contains("warning"), "{}", both(&out));
 }
