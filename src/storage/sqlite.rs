@@ -214,12 +214,15 @@ async fn convert_column_audit_rows(pool: &SqlitePool) -> Result<(), StorageError
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    // Start-up waits for this once per database; the line says why it took longer.
-    tracing::info!(
-        events = moved,
-        seconds = started.elapsed().as_secs_f64(),
-        "audit events moved to the text row layout"
-    );
+    // Start-up waits for this once per database; the line says why it took longer. A new
+    // database has nothing to move, and hearing that something was moved would puzzle.
+    if moved > 0 {
+        tracing::info!(
+            events = moved,
+            seconds = started.elapsed().as_secs_f64(),
+            "audit events moved to the text row layout"
+        );
+    }
     Ok(())
 }
 
