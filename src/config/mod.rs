@@ -29,22 +29,30 @@ pub struct Problem {
     pub message: String,
 }
 
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Problem {
+    /// `file:line:col: {label}message`, the place left out where there is none.
+    fn write_labelled(&self, f: &mut fmt::Formatter<'_>, label: &str) -> fmt::Result {
         match self.position {
-            Some((l, c)) => write!(f, "{}:{}:{}: {}", self.file, l, c, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
+            Some((l, c)) => write!(f, "{}:{}:{}: {label}{}", self.file, l, c, self.message),
+            None => write!(f, "{}: {label}{}", self.file, self.message),
         }
+    }
+
+    /// The same place, said as a warning: `file:line:col: warning: …`.
+    pub fn as_warning(&self) -> impl fmt::Display + '_ {
+        struct Warning<'a>(&'a Problem);
+        impl fmt::Display for Warning<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write_labelled(f, "warning: ")
+            }
+        }
+        Warning(self)
     }
 }
 
-impl Problem {
-    /// The same place, said as a warning: `file:line:col: warning: …`.
-    pub fn as_warning(&self) -> String {
-        match self.position {
-            Some((l, c)) => format!("{}:{}:{}: warning: {}", self.file, l, c, self.message),
-            None => format!("{}: warning: {}", self.file, self.message),
-        }
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_labelled(f, "")
     }
 }
 
