@@ -1,7 +1,9 @@
 //! What the audit writer pays per event: `AuditAppender::append` on SQLite (the event's
 //! JSON, chain hashing, the insert, the commit and the WAL checkpoints it triggers) for
 //! transactions of 512 typical access events, as the writer commits them, and of 128 for
-//! comparison; and linking one event into the chain alone (its JSON and hash).
+//! comparison; linking one event into the chain alone (its JSON and hash); and SHA-256
+//! over one event's chained bytes by the gateway's implementation (aws-lc) beside the
+//! portable `sha2` crate it replaced, the baseline of that choice.
 //! `cargo bench --bench audit`; throughput is in events.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -59,6 +61,22 @@ fn bench(c: &mut Criterion) {
     let mut chain = ChainWriter::new();
     g.bench_function("chain_hash_one_event", |b| {
         b.iter(|| black_box(chain.link(black_box(&e)).hash))
+    });
+    g.finish();
+
+    // What the chain hashes per event: the previous hash, the seq and the event's text.
+    let chained = {
+        let linked = ChainWriter::new().link(&e).text.to_owned();
+        format!("{}\n1\n{linked}", "0".repeat(64)).into_bytes()
+    };
+    let mut g = c.benchmark_group("sha256");
+    g.throughput(Throughput::Bytes(chained.len() as u64));
+    g.bench_function("aws_lc", |b| {
+        b.iter(|| black_box(twinward::digest::sha256(black_box(&chained))))
+    });
+    g.bench_function("sha2_crate", |b| {
+        use sha2::Digest;
+        b.iter(|| black_box(sha2::Sha256::digest(black_box(&chained))))
     });
     g.finish();
 }

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+pub mod digest;
 pub mod http;
 pub mod identity;
 pub mod metrics;

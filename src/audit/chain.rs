@@ -5,7 +5,7 @@
 //! depends on no serializer writing an event the same way twice.
 
 use super::StoredEvent;
-use sha2::{Digest, Sha256};
+use crate::digest::Sha256;
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -30,7 +30,7 @@ fn chain_digest(prev_hash: &[u8], seq: i64, text: &[u8]) -> [u8; 32] {
     h.update(seq_text.format(seq).as_bytes());
     h.update(b"\n");
     h.update(text);
-    h.finalize().into()
+    h.finish()
 }
 
 /// An event hash as stored: 64 lower-case hex digits, kept inline.
@@ -174,11 +174,12 @@ mod tests {
     use super::*;
     use crate::audit::{AuditEvent, Detail, OwnedEvent};
     use crate::clock::Timestamp;
+    use sha2::Digest;
 
     #[test]
     fn hashes_are_lower_case_hex_of_the_digest() {
-        let h = HexHash::of(&Sha256::digest(b"").into());
-        assert_eq!(h.as_str(), hex::encode(Sha256::digest(b"")));
+        let h = HexHash::of(&sha2::Sha256::digest(b"").into());
+        assert_eq!(h.as_str(), hex::encode(sha2::Sha256::digest(b"")));
         assert_eq!(HexHash::parse(h.as_str()), Some(h));
         assert_eq!(
             HexHash::parse(GENESIS)

@@ -13,7 +13,6 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -136,7 +135,7 @@ impl SigningKey {
 fn thumbprint(jwk: &serde_json::Map<String, serde_json::Value>) -> String {
     // serde_json's map is ordered by key, and the members are exactly the required ones.
     let canonical = serde_json::Value::Object(jwk.clone()).to_string();
-    B64.encode(Sha256::digest(canonical.as_bytes()))
+    B64.encode(crate::digest::sha256(canonical.as_bytes()))
 }
 
 /// The keys of one directory at one moment: the current signer and the ones still published.

@@ -9,6 +9,7 @@
 use super::pages::{Pages, STRICT_CSP};
 use super::{lock, loopback_addr, DemoError};
 use crate::clock::{Clock, Timestamp};
+use crate::digest::sha256;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair};
 use axum::body::Bytes;
@@ -23,7 +24,6 @@ use axum::Router;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
 use base64::Engine;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -150,7 +150,7 @@ impl IdTokenKey {
             (Some(x), Some(y)) if point.len() == 65 => (B64.encode(x), B64.encode(y)),
             _ => return Err(DemoError::KeyGeneration),
         };
-        let digest = Sha256::digest(point);
+        let digest = sha256(point);
         let kid = hex::encode(digest.get(..8).unwrap_or_default());
         let jwk = serde_json::json!({
             "kty": "EC", "crv": "P-256", "x": x, "y": y,
@@ -321,7 +321,7 @@ impl Params {
 }
 
 fn digest(s: &str) -> [u8; 32] {
-    Sha256::digest(s.as_bytes()).into()
+    sha256(s.as_bytes())
 }
 
 /// 256 random bits, base64url.
@@ -340,7 +340,7 @@ fn pkce_s256_matches(verifier: &str, challenge: &str) -> bool {
     if !well_formed {
         return false;
     }
-    let computed = B64.encode(Sha256::digest(verifier.as_bytes()));
+    let computed = B64.encode(sha256(verifier.as_bytes()));
     computed.as_bytes().ct_eq(challenge.as_bytes()).into()
 }
 

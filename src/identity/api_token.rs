@@ -3,7 +3,6 @@
 //! recognise a real token and lets the gateway refuse a mistyped or forged one before any
 //! storage lookup. Only the SHA-256 of a token is stored.
 
-use sha2::{Digest, Sha256};
 use std::fmt;
 
 pub const PREFIX: &str = "twt_";
@@ -112,7 +111,7 @@ pub fn display_prefix(text: &str) -> String {
 }
 
 fn hash_of(text: &str) -> TokenHash {
-    TokenHash(Sha256::digest(text.as_bytes()).into())
+    TokenHash(crate::digest::sha256(text.as_bytes()))
 }
 
 /// Big-endian base62 of `bytes`, left-padded with '0' to exactly `width` digits.

@@ -2,16 +2,15 @@
 //! Twins see only this, so a twin's logs and data never hold a production identity.
 
 use crate::config::secret::Secret;
+use crate::digest::HmacSha256;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 /// The issuer name under which service accounts are pseudonymized.
 pub const SERVICE_ACCOUNT_ISSUER: &str = "twinward:service-account";
 
 #[derive(Clone)]
 pub struct Pseudonymizer {
-    mac: Hmac<Sha256>,
+    mac: HmacSha256,
 }
 
 impl std::fmt::Debug for Pseudonymizer {
@@ -30,20 +29,22 @@ impl Pseudonymizer {
         if k.len() < 32 {
             return Err(WeakKey(k.len()));
         }
-        let mac = Hmac::<Sha256>::new_from_slice(k).map_err(|_| WeakKey(k.len()))?;
-        Ok(Pseudonymizer { mac })
+        Ok(Pseudonymizer {
+            mac: HmacSha256::new(k),
+        })
     }
 
     /// HMAC-SHA-256 over a length-prefixed (issuer, subject), base64url without padding.
     /// Length prefixes keep ("a", "bc") and ("ab", "c") apart.
     pub fn subject(&self, issuer: &str, subject: &str) -> String {
-        let mut mac = self.mac.clone();
-        mac.update(b"twinward-pseudonym-v1");
-        mac.update(&(issuer.len() as u64).to_be_bytes());
-        mac.update(issuer.as_bytes());
-        mac.update(&(subject.len() as u64).to_be_bytes());
-        mac.update(subject.as_bytes());
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        let tag = self.mac.sign(&[
+            b"twinward-pseudonym-v1",
+            &(issuer.len() as u64).to_be_bytes(),
+            issuer.as_bytes(),
+            &(subject.len() as u64).to_be_bytes(),
+            subject.as_bytes(),
+        ]);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag)
     }
 }
 
@@ -60,5 +61,16 @@ mod tests {
         assert_ne!(a.subject("a", "bc"), a.subject("ab", "c"));
         assert!(!a.subject("iss", "alice").contains("alice"));
         assert!(Pseudonymizer::new(&Secret::new(vec![1; 16])).is_err());
+    }
+
+    /// Twins key their records by the pseudonym, so its value must never change with the
+    /// implementation: this one was computed with Python's `hmac` over the documented input.
+    #[test]
+    fn the_value_is_the_documented_hmac() {
+        let p = Pseudonymizer::new(&Secret::new(vec![1; 32])).unwrap();
+        assert_eq!(
+            p.subject("iss", "alice"),
+            "jfIVvb56cQavUjNFm9nhyP1Jo2P-PX6rczwPrbHPJUI"
+        );
     }
 }

@@ -12,7 +12,6 @@ use cedar_policy::{
     Entities, Entity, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -83,7 +82,7 @@ pub fn fingerprint(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for name in input_files(dir).unwrap_or_default() {
         let hash = std::fs::read(dir.join(&name))
-            .map(|b| hex::encode(Sha256::digest(&b)))
+            .map(|b| hex::encode(crate::digest::sha256(&b)))
             .unwrap_or_default();
         out.push((name, hash));
     }
@@ -136,7 +135,10 @@ pub fn load_dir_hashed(dir: &Path) -> Result<PolicyBundle, Rejection> {
     for name in &names {
         match std::fs::read_to_string(dir.join(name)) {
             Ok(t) => {
-                file_hashes.push((name.clone(), hex::encode(Sha256::digest(t.as_bytes()))));
+                file_hashes.push((
+                    name.clone(),
+                    hex::encode(crate::digest::sha256(t.as_bytes())),
+                ));
                 texts.push((name.clone(), t));
             }
             Err(e) => problems.push(problem(name, None, format!("cannot read: {e}"))),
@@ -343,6 +345,7 @@ fn parse_file(name: &str, text: &str) -> Result<Vec<(Policy, PolicySource)>, Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
 

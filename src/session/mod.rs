@@ -8,7 +8,6 @@ pub mod memory;
 use crate::clock::Timestamp;
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
-use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 /// The secret half: what the cookie carries. Never logged, never stored.
@@ -35,7 +34,7 @@ impl SessionId {
 
     /// The store key and public handle of the session (what `session list` shows).
     pub fn key(&self) -> SessionKey {
-        SessionKey(hex::encode(Sha256::digest(self.0.as_bytes())))
+        SessionKey(hex::encode(crate::digest::sha256(self.0.as_bytes())))
     }
 }
 
@@ -170,7 +169,7 @@ pub trait SessionStore: Send + Sync + 'static {
 
 /// Key derivation for ids that arrive from clients: the store never sees the raw id.
 pub fn hashed(id: &str) -> String {
-    hex::encode(Sha256::digest(id.as_bytes()))
+    hex::encode(crate::digest::sha256(id.as_bytes()))
 }
 
 /// Stores `value` as a one-time record under the hash of `id` until `now + ttl`.
