@@ -176,6 +176,16 @@ mod tests {
     use crate::clock::Timestamp;
     use sha2::Digest;
 
+    /// The chain's input is a format: `audit verify` and any outside checker must hash the
+    /// same bytes. An independent SHA-256 over the documented layout gives the same hash.
+    #[test]
+    fn the_hash_covers_the_documented_layout() {
+        let text = r#"{"kind":"access","outcome":"allow"}"#;
+        let expected = hex::encode(sha2::Sha256::digest(format!("{GENESIS}\n42\n{text}")));
+        assert_eq!(hash_text(GENESIS, 42, text), expected);
+        assert_ne!(hash_text(GENESIS, 43, text), expected);
+    }
+
     #[test]
     fn hashes_are_lower_case_hex_of_the_digest() {
         let h = HexHash::of(&sha2::Sha256::digest(b"").into());
