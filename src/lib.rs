@@ -20,6 +20,7 @@ pub mod identity;
 pub mod metrics;
 pub mod mfa;
 pub mod policy;
+pub mod private_file;
 pub mod routing;
 pub mod server;
 pub mod session;

@@ -105,8 +105,7 @@ pub fn pseudonym_key(config: &Config, create: bool) -> Result<Secret, StartError
             .map_err(|e| err(e.to_string()))?;
     }
     let owner = keys::ensure_dir(dir)?;
-    let text = crate::credentials::private_file::read(&path, false, Some(owner))
-        .map_err(|e| err(e.to_string()))?;
+    let text = crate::private_file::read_key(&path, Some(owner)).map_err(|e| err(e.to_string()))?;
     let bytes =
         hex::decode(String::from_utf8_lossy(&text).trim()).map_err(|_| err("not hex".into()))?;
     Ok(Secret::new(bytes))

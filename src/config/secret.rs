@@ -41,10 +41,11 @@ impl fmt::Debug for Secret {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
+    /// Missing, unreadable, or readable by others: see [`crate::private_file::read_configured`].
     #[error("cannot read secret file {path}: {source}")]
     File {
         path: String,
-        source: std::io::Error,
+        source: crate::private_file::PrivateFileError,
     },
     #[error("environment variable {0} is not set")]
     EnvMissing(String),
@@ -53,13 +54,16 @@ pub enum SecretError {
 }
 
 impl SecretRef {
-    /// Reads the secret, trimming one trailing newline (files written by `echo` have one).
+    /// Reads the secret, trimming trailing newlines (files written by `echo` have one). A
+    /// file is read only if nobody else can read it, as for the gateway's own keys.
     pub fn load(&self) -> Result<Secret, SecretError> {
         let mut bytes = match self {
-            SecretRef::File(p) => std::fs::read(p).map_err(|source| SecretError::File {
-                path: p.display().to_string(),
-                source,
-            })?,
+            SecretRef::File(p) => {
+                crate::private_file::read_configured(p).map_err(|source| SecretError::File {
+                    path: p.display().to_string(),
+                    source,
+                })?
+            }
             SecretRef::Env(v) => std::env::var(v)
                 .map_err(|_| SecretError::EnvMissing(v.clone()))?
                 .into_bytes(),

@@ -31,7 +31,7 @@ pub enum KeyStoreError {
     #[error("{path} {source}")]
     Private {
         path: String,
-        source: super::private_file::PrivateFileError,
+        source: crate::private_file::PrivateFileError,
     },
     #[error("key file {path} is not a valid {alg} PKCS#8 key")]
     BadKey { path: String, alg: &'static str },
@@ -157,7 +157,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyStoreError + '_ {
 
 fn private(
     path: &Path,
-) -> impl FnOnce(super::private_file::PrivateFileError) -> KeyStoreError + '_ {
+) -> impl FnOnce(crate::private_file::PrivateFileError) -> KeyStoreError + '_ {
     move |source| KeyStoreError::Private {
         path: path.display().to_string(),
         source,
@@ -166,7 +166,7 @@ fn private(
 
 /// Creates the keys directory (0700) if needed, and checks that nobody else can write it.
 pub fn ensure_dir(dir: &Path) -> Result<u32, KeyStoreError> {
-    super::private_file::create_dir(dir).map_err(private(dir))
+    crate::private_file::create_dir(dir).map_err(private(dir))
 }
 
 /// Generates a key of `alg` and writes it (0600). Returns its path.
@@ -283,7 +283,7 @@ pub fn load(
 
 fn read_keys(dir: &Path) -> Result<Vec<Arc<SigningKey>>, KeyStoreError> {
     // Whoever can add a file here can add a signing key.
-    let owner = super::private_file::check_dir(dir).map_err(private(dir))?;
+    let owner = crate::private_file::check_dir(dir).map_err(private(dir))?;
     let mut out = Vec::new();
     for e in fs::read_dir(dir).map_err(io(dir))? {
         let e = e.map_err(io(dir))?;
@@ -306,7 +306,7 @@ fn read_keys(dir: &Path) -> Result<Vec<Arc<SigningKey>>, KeyStoreError> {
                 alg: "EdDSA or ES256",
             });
         };
-        let der = super::private_file::read(&path, false, Some(owner)).map_err(private(&path))?;
+        let der = crate::private_file::read_key(&path, Some(owner)).map_err(private(&path))?;
         let created = Timestamp::from_unix_millis(created.parse().unwrap_or(0));
         out.push(Arc::new(SigningKey::from_pkcs8(alg, &der, created, path)?));
     }
@@ -330,7 +330,7 @@ pub fn fingerprint(dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::private_file::PrivateFileError;
+    use crate::private_file::PrivateFileError;
     use std::os::unix::fs::PermissionsExt;
 
     const T: KeyTiming = KeyTiming {

@@ -5,7 +5,6 @@
 pub mod jwks;
 pub mod keys;
 pub mod mint;
-pub mod private_file;
 
 pub use keys::{KeyRing, KeyStoreError};
 pub use mint::{Credential, CredentialRequest, Minter};

@@ -2,6 +2,7 @@
 //! `token create|list`, `audit verify`, and the admin listener next to the public one.
 
 use crate::common::*;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 
@@ -716,9 +717,23 @@ fn check_finds_a_missing_client_secret_and_an_unknown_mapped_role() {
         ],
     );
     std::fs::create_dir_all(dir.path().join("nowhere")).unwrap();
-    std::fs::write(dir.path().join("nowhere/secret"), "s").unwrap();
+    let secret = dir.path().join("nowhere/secret");
+    std::fs::write(&secret, "s").unwrap();
     let fixed = text.replace("twin-operatr", "twin-operator");
     std::fs::write(dir.path().join("twinward.toml"), &fixed).unwrap();
+    // Written under the usual umask, the secret is readable by everyone: refused.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(dir.path(), &["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    assert_lists(
+        &out,
+        &[
+            "oidc client secret: cannot read secret file",
+            "nowhere/secret: can be read or changed by others (mode 644); run chmod 600",
+            "1 problem(s)",
+        ],
+    );
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = run(dir.path(), &["check"]);
     assert!(out.status.success(), "{}", both(&out));
     // Browsers sign in on this config's auth host, and the route, having no host, is served

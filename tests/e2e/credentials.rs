@@ -362,4 +362,33 @@ fn key_files_are_private_and_a_readable_key_file_stops_the_gateway() {
         "exit code {code:?} for a group-readable pseudonym key:\n{log}"
     );
     assert!(log.contains(&pseudonym.display().to_string()), "{log}");
+
+    // A secret the config names is held to the same rule: here, a pseudonym key left
+    // world-readable by `echo … > file` under the usual umask.
+    std::fs::set_permissions(&pseudonym, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let configured = dir.path().join("pseudonym-from-config");
+    std::fs::write(&configured, format!("{}\n", "ab".repeat(32))).unwrap();
+    std::fs::set_permissions(&configured, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[identity]\npseudonym_key_file = \"pseudonym-from-config\"\n"),
+    )
+    .unwrap();
+    let (code, log) = serve(false);
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "exit code {code:?} for a world-readable configured secret:\n{log}"
+    );
+    assert!(log.contains(&configured.display().to_string()), "{log}");
+    assert!(
+        log.contains("mode 644") && log.contains("chmod 600"),
+        "{log}"
+    );
+    let out = twinward_in(dir.path(), &["check", "--config", cfg]);
+    assert_eq!(out.status.code(), Some(2), "check finds it too");
+
+    std::fs::set_permissions(&configured, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, log) = serve(true);
+    assert_eq!(code, None, "a private configured secret is read:\n{log}");
 }

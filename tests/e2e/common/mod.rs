@@ -365,7 +365,10 @@ impl Gateway {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).unwrap();
             }
-            std::fs::write(path, content).unwrap();
+            // Secret files among them must be private: the gateway refuses others.
+            std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
         }
         let port = opts.port.unwrap_or_else(free_port);
         let admin_port = free_port();

@@ -1,9 +1,11 @@
-//! Secret files (signing keys, the pseudonym key) and the keys directory, checked so that
-//! what is checked is what is read: a file is opened once and judged by the opened file's
-//! own metadata, and a key in the keys directory is never read through a symbolic link.
+//! Secret files (signing keys, the pseudonym key, secrets the config names) and the keys
+//! directory, checked so that what is checked is what is read: a file is opened once and
+//! judged by the opened file's own metadata, and a key in the keys directory is never read
+//! through a symbolic link.
 //!
 //! INVARIANT: nobody but the keys directory's owner, the gateway's user and root can have
-//! written a secret the gateway reads, and nobody else can read it.
+//! written a secret the gateway reads, and nobody else can read it; the one exception is a
+//! configured secret owned by root, which its group may read (see [`read_configured`]).
 
 use std::fs;
 use std::io::Read;
@@ -22,6 +24,8 @@ pub enum PrivateFileError {
     Readable { mode: u32 },
     #[error("is writable by group or others (mode {mode:o}); run chmod 700 on it")]
     Writable { mode: u32 },
+    #[error("can be read or changed by others (mode {mode:o}); run chmod 600 on it, or chmod 640 with root as its owner to share it with its group only")]
+    Exposed { mode: u32 },
     #[error("belongs to uid {owner}, who may not write the gateway's secrets (the gateway runs as uid {euid})")]
     Owner { owner: u32, euid: u32 },
 }
@@ -42,9 +46,9 @@ fn trusted_owner(owner: u32, euid: u32, also: Option<u32>) -> Result<(), Private
     }
 }
 
-/// Judges a secret file by its metadata: a regular file, nobody else may read it, and owned
-/// by someone [`trusted_owner`] accepts.
-fn judge_file(meta: &fs::Metadata, euid: u32, also: Option<u32>) -> Result<(), PrivateFileError> {
+/// Judges a key by its metadata: a regular file, nobody else may read it, and owned by
+/// someone [`trusted_owner`] accepts.
+fn judge_key(meta: &fs::Metadata, euid: u32, also: Option<u32>) -> Result<(), PrivateFileError> {
     if !meta.file_type().is_file() {
         return Err(PrivateFileError::NotAFile);
     }
@@ -55,14 +59,25 @@ fn judge_file(meta: &fs::Metadata, euid: u32, also: Option<u32>) -> Result<(), P
     trusted_owner(meta.uid(), euid, also)
 }
 
-/// Reads a secret file. In the keys directory `follow` is false: a link there could point
-/// anywhere. A configured secret file may be a link (orchestrators mount secrets so);
-/// whichever file it reaches is judged as opened. `dir_owner` is what [`check_dir`] gave for
-/// the file's directory.
-pub fn read(
+/// Judges a configured secret file by its mode and owner: never readable by others and
+/// never writable by anyone but its owner; readable by its group only when root owns it.
+/// That allowance is PostgreSQL's for its key files, and for the same reason: a root-owned
+/// secret handed to a service through a group (Kubernetes' `fsGroup`, Debian's `ssl-cert`)
+/// is readable by that group, and only root decides who is in it.
+fn judge_configured(mode: u32, owner: u32, euid: u32) -> Result<(), PrivateFileError> {
+    let mode = mode & 0o777;
+    let allowed = if owner == 0 { 0o740 } else { 0o700 };
+    if mode & !allowed != 0 {
+        return Err(PrivateFileError::Exposed { mode });
+    }
+    trusted_owner(owner, euid, None)
+}
+
+/// Opens `path` once (through a link only if `follow`), judges the opened file and reads it.
+fn read_judged(
     path: &Path,
     follow: bool,
-    dir_owner: Option<u32>,
+    judge: impl FnOnce(&fs::Metadata) -> Result<(), PrivateFileError>,
 ) -> Result<Vec<u8>, PrivateFileError> {
     let mut options = fs::OpenOptions::new();
     options.read(true);
@@ -76,10 +91,28 @@ pub fn read(
             PrivateFileError::Io(e)
         }
     })?;
-    judge_file(&file.metadata()?, euid(), dir_owner)?;
+    judge(&file.metadata()?)?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// Reads a key from the keys directory, never through a link: a link there could point
+/// anywhere. `dir_owner` is what [`check_dir`] gave for the directory.
+pub fn read_key(path: &Path, dir_owner: Option<u32>) -> Result<Vec<u8>, PrivateFileError> {
+    read_judged(path, false, |meta| judge_key(meta, euid(), dir_owner))
+}
+
+/// Reads a secret file the config names (`*_file`). It may be a link (orchestrators mount
+/// secrets so); whichever regular file it reaches is judged as opened, by
+/// [`judge_configured`].
+pub fn read_configured(path: &Path) -> Result<Vec<u8>, PrivateFileError> {
+    read_judged(path, true, |meta| {
+        if !meta.file_type().is_file() {
+            return Err(PrivateFileError::NotAFile);
+        }
+        judge_configured(meta.mode(), meta.uid(), euid())
+    })
 }
 
 /// Checks the keys directory: a directory that nobody but its owner can add files to, owned
@@ -124,21 +157,18 @@ mod tests {
     }
 
     #[test]
-    fn a_private_file_is_read_and_a_readable_one_refused() {
+    fn a_private_key_is_read_and_a_readable_one_refused() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("k");
         write(&p, 0o600);
-        assert_eq!(read(&p, false, None).unwrap(), b"secret");
-        write(&p, 0o640);
-        assert!(matches!(
-            read(&p, false, None),
-            Err(PrivateFileError::Readable { mode: 0o640 })
-        ));
-        write(&p, 0o604);
-        assert!(matches!(
-            read(&p, true, None),
-            Err(PrivateFileError::Readable { .. })
-        ));
+        assert_eq!(read_key(&p, None).unwrap(), b"secret");
+        for mode in [0o640, 0o604, 0o660] {
+            write(&p, mode);
+            assert!(
+                matches!(read_key(&p, None), Err(PrivateFileError::Readable { mode: m }) if m == mode),
+                "{mode:o}"
+            );
+        }
     }
 
     #[test]
@@ -149,15 +179,77 @@ mod tests {
         let link = d.path().join("k");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(matches!(
-            read(&link, false, None),
+            read_key(&link, None),
             Err(PrivateFileError::Symlink)
         ));
-        // A configured secret may be a link; the file it reaches is judged.
-        assert_eq!(read(&link, true, None).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn a_configured_secret_is_read_only_if_nobody_else_can_read_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("secret");
+        write(&p, 0o600);
+        assert_eq!(read_configured(&p).unwrap(), b"secret");
+        write(&p, 0o400);
+        assert_eq!(read_configured(&p).unwrap(), b"secret");
+        // What `echo s3cret > file` leaves under the usual umask, and what a group could read.
+        // (0o640 would be allowed if the test ran as root; the unit below judges it.)
+        for mode in [0o644, 0o604, 0o660, 0o666, 0o602] {
+            write(&p, mode);
+            assert!(
+                matches!(read_configured(&p), Err(PrivateFileError::Exposed { mode: m }) if m == mode),
+                "{mode:o}"
+            );
+        }
+        fs::create_dir(d.path().join("dir")).unwrap();
+        assert!(matches!(
+            read_configured(&d.path().join("dir")),
+            Err(PrivateFileError::NotAFile)
+        ));
+    }
+
+    #[test]
+    fn a_configured_secret_may_be_a_link_and_the_file_it_reaches_is_judged() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("..data-secret");
+        write(&target, 0o600);
+        let link = d.path().join("secret");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert_eq!(read_configured(&link).unwrap(), b"secret");
         fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
-            read(&link, true, None),
-            Err(PrivateFileError::Readable { .. })
+            read_configured(&link),
+            Err(PrivateFileError::Exposed { mode: 0o644 })
+        ));
+    }
+
+    #[test]
+    fn only_a_root_owned_configured_secret_may_be_shared_with_its_group() {
+        // Judged by mode and owner directly: a test cannot give a file to root.
+        assert!(judge_configured(0o100640, 0, 1000).is_ok());
+        assert!(judge_configured(0o100440, 0, 1000).is_ok());
+        assert!(judge_configured(0o100600, 1000, 1000).is_ok());
+        for (mode, owner) in [
+            (0o640, 1000),
+            (0o660, 0),
+            (0o644, 0),
+            (0o604, 1000),
+            (0o642, 0),
+        ] {
+            assert!(
+                matches!(
+                    judge_configured(mode, owner, 1000),
+                    Err(PrivateFileError::Exposed { .. })
+                ),
+                "{mode:o} owned by {owner}"
+            );
+        }
+        assert!(matches!(
+            judge_configured(0o600, 1001, 1000),
+            Err(PrivateFileError::Owner {
+                owner: 1001,
+                euid: 1000
+            })
         ));
     }
 
