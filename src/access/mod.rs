@@ -305,7 +305,7 @@ impl Gateway {
     ) -> Result<Caller, Refusal> {
         if let Some(bearer) = req.bearer {
             return self
-                .authenticate_token(bearer, twin, now, event)
+                .authenticate_token(bearer, Some(twin), now, event)
                 .await
                 .map(Caller::Token);
         }
@@ -337,10 +337,11 @@ impl Gateway {
     }
 
     /// Authenticates an API token for a request to `twin`.
+    /// Authenticates an API token, and if `twin` is named, checks that the token may reach it.
     async fn authenticate_token(
         &self,
         bearer: &str,
-        twin: &str,
+        twin: Option<&str>,
         now: Timestamp,
         event: &mut AuditEvent,
     ) -> Result<Arc<tokens::AuthenticatedToken>, Refusal> {
@@ -360,6 +361,9 @@ impl Gateway {
         event.actor = Some(token.actor.clone());
         event.actor_pseudonym = Some(token.pseudonym.clone());
         event.detail.set_token_id(&token.id);
+        let Some(twin) = twin else {
+            return Ok(token);
+        };
         if !token.record.twins.is_empty() && !token.record.twins.iter().any(|t| t == twin) {
             let reason = format!("token is not scoped to twin {twin:?}");
             set_reason(event, &reason);
@@ -419,7 +423,7 @@ impl Gateway {
     pub async fn exchange(
         &self,
         bearer: &str,
-        route: &Arc<Route>,
+        audience: &str,
         client_ip: IpAddr,
         purpose: Option<&str>,
     ) -> Result<Arc<Credential>, Refused> {
@@ -431,16 +435,19 @@ impl Gateway {
                 refusal: Refusal::Unavailable,
             });
         }
-        let cfg = &route.config;
+        let route = self.routes.by_name(audience);
         let mut event = AuditEvent::with_id(decision_id, "token.exchange", "deny", now);
-        event.route = Some(cfg.name.as_str().into());
-        event.detail =
-            serde_json::json!({ "client_ip": client_ip.to_string(), "twin": cfg.twin, "purpose": purpose })
-                .into();
-        let token = match self
-            .authenticate_token(bearer, &cfg.twin, now, &mut event)
-            .await
-        {
+        event.route = route.map(|r| r.config.name.as_str().into());
+        event.detail = serde_json::json!({
+            "client_ip": client_ip.to_string(),
+            "twin": route.map(|r| r.config.twin.as_str()),
+            "purpose": purpose,
+        })
+        .into();
+        // The token is authenticated before the audience is looked at, so that a caller
+        // without a token learns nothing of which route names exist.
+        let twin = route.map(|r| r.config.twin.as_str());
+        let token = match self.authenticate_token(bearer, twin, now, &mut event).await {
             Ok(t) => t,
             Err(refusal) => {
                 self.audit.record(event).await;
@@ -450,6 +457,17 @@ impl Gateway {
                 });
             }
         };
+        let Some(route) = route else {
+            set_reason(&mut event, "audience names no route");
+            self.audit.record(event).await;
+            return Err(Refused {
+                decision_id,
+                refusal: Refusal::Denied {
+                    reason: "audience must name a route".into(),
+                },
+            });
+        };
+        let cfg = &route.config;
         let loaded = self.engine.current();
         let mut allowed = Vec::new();
         let mut policies = Vec::new();

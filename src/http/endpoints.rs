@@ -337,14 +337,6 @@ pub async fn token_exchange(
         );
     }
     let gw = &state.gateway;
-    let Some(route) = f.audience.as_deref().and_then(|a| gw.routes.by_name(a)) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_target",
-            "audience must name a route",
-            None,
-        );
-    };
     let client_ip = match super::proxy::client_ip(gw, peer.ip(), &headers) {
         Ok(ip) => ip,
         Err(e) => {
@@ -357,7 +349,12 @@ pub async fn token_exchange(
         }
     };
     match gw
-        .exchange(&subject, route, client_ip, purpose(&headers))
+        .exchange(
+            &subject,
+            f.audience.as_deref().unwrap_or_default(),
+            client_ip,
+            purpose(&headers),
+        )
         .await
     {
         Ok(c) => {

@@ -208,3 +208,44 @@ fn policy_and_token_refusals_are_invalid_target_or_invalid_request() {
     let credential = ok.json()["access_token"].as_str().unwrap().to_owned();
     oauth_error(&exchange(&gw, &credential, "plant-7"), "invalid_request");
 }
+
+#[test]
+fn without_a_valid_token_the_endpoint_tells_no_route_name_from_another() {
+    let gw = gateway();
+    let sim = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let revoked = gw.token("sim-9", &["sim-runner"], &[], "1d");
+    let id = gw.last_token_id();
+    assert!(gw.cli(&["token", "revoke", &id]).status.success());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    // The answer to a probe depends on the token only, never on whether the audience is a
+    // route: the route's name appears nowhere in it.
+    for subject in ["twt_nonsense", "not-a-token", revoked.as_str()] {
+        let answers: Vec<String> = ["plant-7", "no-such-route", ""]
+            .iter()
+            .map(|audience| {
+                let v = oauth_error(&exchange(&gw, subject, audience), "invalid_request");
+                v["error_description"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert!(
+            answers
+                .iter()
+                .all(|a| a == &answers[0] && a.starts_with("subject_token")),
+            "{subject}: {answers:?}"
+        );
+    }
+    // Once the token is good, an unknown audience is named as the problem, and audited.
+    let v = oauth_error(&exchange(&gw, &sim, "no-such-route"), "invalid_target");
+    assert!(v["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("audience must name a route"));
+    let decision = v["decision_id"].as_str().expect("decision_id").to_owned();
+    let ev = gw.wait_audit(|e| e["event_id"] == decision.as_str());
+    assert_eq!(
+        (&ev["kind"], &ev["outcome"]),
+        (&"token.exchange".into(), &"deny".into())
+    );
+    assert!(ev["route"].is_null(), "{ev}");
+}
