@@ -10,6 +10,7 @@ pub mod deadline;
 pub mod endpoints;
 pub mod error;
 pub mod fastpath;
+pub mod framing;
 pub mod headers;
 pub mod proxy;
 pub mod ui;
@@ -134,6 +135,19 @@ async fn dispatch(
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
+    if let Err(e) = framing::check(req.version() == http::Version::HTTP_11, req.headers()) {
+        let html = error::wants_html(req.headers());
+        let status = e.status();
+        let title = status.canonical_reason().unwrap_or("Bad Request");
+        let mut resp = error::problem(status, title, &e.to_string(), None, html);
+        if req.version() <= http::Version::HTTP_11 {
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        return resp;
+    }
     let normalized = match normalize_target(&mut req) {
         Ok(p) => p,
         Err(why) => {

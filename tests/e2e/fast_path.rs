@@ -723,3 +723,138 @@ async fn a_connection_still_uploading_is_not_handed_to_the_next_request() {
     drop(uploader);
     task.abort();
 }
+
+/// Requests two parsers could read differently (RFC 9112 §3.2, §6.1) never reach the
+/// twin on either path: each is refused, with its connection closed so the bytes after it
+/// (here a pipelined request) are never read as a request.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_with_doubtful_host_or_framing_are_refused_and_their_connection_closed() {
+    let twin = RawTwin::start(ok_with_path).await;
+    let (gw, token) = one_worker_gateway(twin.addr);
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let cases = [
+        (
+            "GET",
+            "Host: gw\r\nHost: other\r\n\r\n",
+            400,
+            "more than one Host",
+        ),
+        ("GET", "\r\n", 400, "must carry a Host"),
+        // Plain otherwise, so the fast path would take it if it let the host through.
+        ("GET", "Host: gw@evil\r\n\r\n", 400, "not a host"),
+        ("GET", "Host: gw/x\r\n\r\n", 400, "not a host"),
+        (
+            "POST",
+            "Host: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            501,
+            "\\\"gzip\\\"",
+        ),
+        (
+            "POST",
+            "Host: gw\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            501,
+            "\\\"gzip\\\"",
+        ),
+        (
+            "POST",
+            "Host: gw\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "chunked more than once",
+        ),
+    ];
+    for (method, rest, status, says) in cases {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let req = format!(
+            "{method} /plant-7/doubtful HTTP/1.1\r\n{auth}{rest}\
+             GET /plant-7/pipelined HTTP/1.1\r\nHost: gw\r\n{auth}\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let got = read_response(&mut s, &mut buf, method).await;
+        let body = String::from_utf8_lossy(&got.body);
+        assert_eq!(got.status, status, "{rest:?}: {got:?}");
+        assert!(body.contains(says), "{rest:?}: {body}");
+        assert_eq!(got.header("connection"), Some("close"), "{rest:?}");
+        let mut more = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut more))
+            .await
+            .expect("connection closed in time")
+            .unwrap_or(0);
+        assert_eq!(
+            (buf.len(), n),
+            (0, 0),
+            "{rest:?}: the pipelined request was answered: {:?}",
+            String::from_utf8_lossy(&more[..n])
+        );
+    }
+    // The framing errors hyper refuses while parsing, before the gateway sees the request.
+    for doubtful in [
+        "POST /plant-7/doubtful HTTP/1.1\r\nHost: gw\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        "POST /plant-7/doubtful HTTP/1.0\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let req = format!(
+            "{doubtful}GET /plant-7/pipelined HTTP/1.1\r\nHost: gw\r\n{auth}\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+            .await
+            .expect("connection closed in time")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{doubtful:?}: {answer}");
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{doubtful:?}: {answer}");
+    }
+    assert_eq!(twin.heads(), Vec::<String>::new());
+    // The route itself is open to this token: the refusals above were the requests'.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!("GET /plant-7/fine HTTP/1.1\r\nHost: gw\r\n{auth}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let got = read_response(&mut s, &mut Vec::new(), "GET").await;
+    assert_eq!(
+        (got.status, got.body.as_slice()),
+        (200, &b"you asked for /plant-7/fine"[..])
+    );
+}
+
+/// A request with both `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3): the body
+/// is read as chunked, the twin gets no length beside it, and the connection closes after
+/// the response, so bytes a length-reading hop would have taken as the body are never
+/// read as a request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_with_length_and_chunked_is_read_as_chunked_and_ends_its_connection() {
+    let twin = RawTwin::start(ok_with_path).await;
+    let (gw, token) = one_worker_gateway(twin.addr);
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    // Read by the length, the body would be "0\r\n\r\nG" and the pipelined request
+    // would start at "ET"; read as chunked, it is empty and the GET is whole.
+    let req = format!(
+        "POST /plant-7/both HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+         GET /plant-7/pipelined HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let got = read_response(&mut s, &mut buf, "POST").await;
+    assert_eq!(got.body, b"you asked for /plant-7/both");
+    assert_eq!(got.header("connection"), Some("close"));
+    let mut more = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut more))
+        .await
+        .expect("connection closed in time")
+        .unwrap_or(0);
+    assert_eq!(
+        (buf.len(), n),
+        (0, 0),
+        "{:?}",
+        String::from_utf8_lossy(&more[..n])
+    );
+    let heads = twin.heads();
+    assert!(heads[0].starts_with("POST /plant-7/both "), "{heads:?}");
+    assert!(
+        !heads[0].to_ascii_lowercase().contains("content-length"),
+        "{heads:?}"
+    );
+    assert!(!heads.iter().any(|h| h.contains("pipelined")), "{heads:?}");
+}

@@ -11,7 +11,7 @@ use super::write::{push, push_header};
 /// so a request a stale pooled connection lost may be sent again, RFC 9110 §9.2.2); no
 /// body and no framing header at all; an origin-form target of plain URI characters (no
 /// fragment, quote, backslash or non-ASCII: characters parsers disagree on go to hyper);
-/// exactly one readable `Host`; no hop-by-hop header but `Connection: keep-alive` or
+/// exactly one valid `Host`; no hop-by-hop header but `Connection: keep-alive` or
 /// `close`; no method-override header (hyper's path judges those).
 pub struct Plain<'a> {
     pub method: &'a str,
@@ -71,7 +71,7 @@ pub fn classify<'a>(
             if host.is_some() {
                 return None;
             }
-            host = Some(visible_ascii(h.value)?);
+            host = Some(crate::http::framing::valid_host(h.value)?);
         } else if name.eq_ignore_ascii_case("connection") {
             for token in visible_ascii(h.value)?.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
@@ -215,6 +215,8 @@ mod tests {
             b"GET /a\\b HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET /a{b} HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
         ] {
             parse(raw, |p| {
                 assert!(p.is_none(), "{}", String::from_utf8_lossy(raw));
