@@ -9,6 +9,8 @@
 //!   time the writer, which `cargo bench --bench audit` measures on its own.
 //! - `normalize`: the request path's normal form, for a path already in normal form (what
 //!   tools send; one pass) beside the same path with one escape (the full pass).
+//! - `host`: the fast path's reading of `Host` as a host with an optional port, beside the
+//!   visible-ASCII check it replaced (the least any reading of a header value costs).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::net::IpAddr;
@@ -134,5 +136,17 @@ fn paths(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, authorize, paths);
+fn hosts(c: &mut Criterion) {
+    let mut g = c.benchmark_group("host");
+    let host: &[u8] = b"plant-7.twins.example.com:8443";
+    g.bench_function("valid_host", |b| {
+        b.iter(|| twinward::http::framing::valid_host(black_box(host)))
+    });
+    g.bench_function("visible_ascii", |b| {
+        b.iter(|| twinward::http::headers::visible_ascii(black_box(host)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, authorize, paths, hosts);
 criterion_main!(benches);
