@@ -724,6 +724,22 @@ async fn a_connection_still_uploading_is_not_handed_to_the_next_request() {
     task.abort();
 }
 
+/// After a response that ended its connection: nothing follows it (`buf` holds what was
+/// read past the response), so the request pipelined behind it was never answered.
+async fn closes_with_nothing_more(s: &mut TcpStream, buf: &[u8], case: &str) {
+    let mut more = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut more))
+        .await
+        .expect("connection closed in time")
+        .unwrap_or(0);
+    assert_eq!(
+        (buf.len(), n),
+        (0, 0),
+        "{case:?}: the pipelined request was answered: {:?}",
+        String::from_utf8_lossy(&more[..n])
+    );
+}
+
 /// Requests two parsers could read differently (RFC 9112 §3.2, §6.1) never reach the
 /// twin on either path: each is refused, with its connection closed so the bytes after it
 /// (here a pipelined request) are never read as a request.
@@ -775,17 +791,7 @@ async fn requests_with_doubtful_host_or_framing_are_refused_and_their_connection
         assert_eq!(got.status, status, "{rest:?}: {got:?}");
         assert!(body.contains(says), "{rest:?}: {body}");
         assert_eq!(got.header("connection"), Some("close"), "{rest:?}");
-        let mut more = [0u8; 256];
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut more))
-            .await
-            .expect("connection closed in time")
-            .unwrap_or(0);
-        assert_eq!(
-            (buf.len(), n),
-            (0, 0),
-            "{rest:?}: the pipelined request was answered: {:?}",
-            String::from_utf8_lossy(&more[..n])
-        );
+        closes_with_nothing_more(&mut s, &buf, rest).await;
     }
     // The framing errors hyper refuses while parsing, before the gateway sees the request.
     for doubtful in [
@@ -839,17 +845,7 @@ async fn a_request_with_length_and_chunked_is_read_as_chunked_and_ends_its_conne
     let got = read_response(&mut s, &mut buf, "POST").await;
     assert_eq!(got.body, b"you asked for /plant-7/both");
     assert_eq!(got.header("connection"), Some("close"));
-    let mut more = [0u8; 256];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut more))
-        .await
-        .expect("connection closed in time")
-        .unwrap_or(0);
-    assert_eq!(
-        (buf.len(), n),
-        (0, 0),
-        "{:?}",
-        String::from_utf8_lossy(&more[..n])
-    );
+    closes_with_nothing_more(&mut s, &buf, "length and chunked").await;
     let heads = twin.heads();
     assert!(heads[0].starts_with("POST /plant-7/both "), "{heads:?}");
     assert!(
