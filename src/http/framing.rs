@@ -1,9 +1,10 @@
 //! The rules of RFC 9112 on `Host` and message framing that every request is held to before
 //! anything else is read from it, beyond those hyper enforces itself (one `Content-Length`,
 //! `chunked` last, no `Transfer-Encoding` on HTTP/1.0). A request that breaks one is one
-//! that two HTTP parsers may read differently: the gateway would route or authorize one request while a twin or
-//! a proxy behind it reads another (request smuggling, host confusion). So it is refused,
-//! and its connection closed, since where its body ends is in doubt.
+//! that two HTTP parsers may read differently: the gateway would route or authorize one
+//! request while a twin or a proxy behind it reads another (request smuggling, host
+//! confusion). So it is refused, and its connection closed, since where its body ends is
+//! in doubt.
 
 use super::headers::HeaderLines;
 use http::StatusCode;
