@@ -18,6 +18,15 @@ pub enum Malformed {
     ManyHosts,
     #[error("the Host header is not a host with an optional port")]
     BadHost,
+    /// An absolute-form target or HTTP/2 `:authority` with userinfo or anything else but
+    /// a host and optional port (RFC 9110 §4.2.4 calls userinfo there an error).
+    #[error("the request target's authority is not a host with an optional port")]
+    BadAuthority,
+    /// The target's authority and `Host` name different hosts. RFC 9112 §3.2.2 has an
+    /// origin server follow the target and RFC 9113 §8.3.1 calls the pair malformed; a
+    /// hop that reads the other one would route or authorize another request.
+    #[error("the Host header names another host than the request target")]
+    HostDisagrees,
     /// Any coding but `chunked` alone: the gateway does not decode them, and forwarding
     /// the body with the coding's name dropped would change what it means.
     #[error(
@@ -40,15 +49,27 @@ impl Malformed {
 }
 
 /// Checks `Host` (RFC 9112 §3.2: exactly one on HTTP/1.1, at most one otherwise, and a
-/// valid one) and the body's transfer coding (§6.1). A request with both `Content-Length`
-/// and `Transfer-Encoding` never gets here with both: hyper drops the length, reads the
-/// body as chunked and closes the connection after the response, as §6.3 requires.
-pub fn check<H: HeaderLines + ?Sized>(http11: bool, headers: &H) -> Result<(), Malformed> {
+/// valid one), its agreement with `target`, the authority the request target carries (an
+/// absolute-form target, HTTP/2's `:authority`), and the body's transfer coding (§6.1). A
+/// request with both `Content-Length` and `Transfer-Encoding` never gets here with both:
+/// hyper drops the length, reads the body as chunked and closes the connection after the
+/// response, as §6.3 requires.
+pub fn check<H: HeaderLines + ?Sized>(
+    http11: bool,
+    target: Option<&str>,
+    headers: &H,
+) -> Result<(), Malformed> {
+    if target.is_some_and(|a| valid_host(a.as_bytes()).is_none()) {
+        return Err(Malformed::BadAuthority);
+    }
     let mut hosts = headers.lines("host");
     match (hosts.next(), hosts.next()) {
         (None, _) if http11 => return Err(Malformed::NoHost),
         (Some(_), Some(_)) => return Err(Malformed::ManyHosts),
         (Some(h), None) if valid_host(h).is_none() => return Err(Malformed::BadHost),
+        (Some(h), None) if target.is_some_and(|a| !a.as_bytes().eq_ignore_ascii_case(h)) => {
+            return Err(Malformed::HostDisagrees)
+        }
         _ => {}
     }
     if !headers.has("transfer-encoding") {
@@ -71,6 +92,23 @@ pub fn check<H: HeaderLines + ?Sized>(http11: bool, headers: &H) -> Result<(), M
         1 => Ok(()),
         0 => Err(Malformed::Coding(String::new())),
         _ => Err(Malformed::ChunkedTwice),
+    }
+}
+
+/// Once [`check`] passed: gives a request whose target alone names its host (HTTP/2's
+/// `:authority`, an HTTP/1.0 absolute-form target) the `Host` that says the same, so that
+/// routing, forwarding and the sign-in pages all read the host from one place, `Host`,
+/// whatever form the client used. Where both were sent, `check` made sure they agree.
+pub fn settle_host<B>(req: &mut http::Request<B>) {
+    if req.headers().contains_key(http::header::HOST) {
+        return;
+    }
+    let host = req
+        .uri()
+        .authority()
+        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
+    if let Some(h) = host {
+        req.headers_mut().insert(http::header::HOST, h);
     }
 }
 
@@ -158,16 +196,19 @@ mod tests {
 
     #[test]
     fn host_rules() {
-        assert_eq!(check(true, &headers(&[("host", "twin.example")])), Ok(()));
-        assert_eq!(check(true, &headers(&[])), Err(Malformed::NoHost));
-        // HTTP/1.0 and HTTP/2 (`:authority`) may go without.
-        assert_eq!(check(false, &headers(&[])), Ok(()));
         assert_eq!(
-            check(true, &headers(&[("host", "a"), ("host", "a")])),
+            check(true, None, &headers(&[("host", "twin.example")])),
+            Ok(())
+        );
+        assert_eq!(check(true, None, &headers(&[])), Err(Malformed::NoHost));
+        // HTTP/1.0 and HTTP/2 (`:authority`) may go without.
+        assert_eq!(check(false, None, &headers(&[])), Ok(()));
+        assert_eq!(
+            check(true, None, &headers(&[("host", "a"), ("host", "a")])),
             Err(Malformed::ManyHosts)
         );
         assert_eq!(
-            check(false, &headers(&[("host", "a"), ("host", "b")])),
+            check(false, None, &headers(&[("host", "a"), ("host", "b")])),
             Err(Malformed::ManyHosts)
         );
         for bad in [
@@ -175,7 +216,7 @@ mod tests {
             "a?",
         ] {
             assert_eq!(
-                check(true, &headers(&[("host", bad)])),
+                check(true, None, &headers(&[("host", bad)])),
                 Err(Malformed::BadHost),
                 "{bad:?}"
             );
@@ -195,14 +236,56 @@ mod tests {
     }
 
     #[test]
-    fn framing_rules() {
-        let host = ("host", "a");
+    fn the_target_authority_rules() {
+        let gw = ("host", "gw.example:8080");
         assert_eq!(
-            check(true, &headers(&[host, ("content-length", "3")])),
+            check(true, Some("gw.example:8080"), &headers(&[gw])),
             Ok(())
         );
         assert_eq!(
-            check(true, &headers(&[host, ("transfer-encoding", "Chunked")])),
+            check(true, Some("GW.example:8080"), &headers(&[gw])),
+            Ok(())
+        );
+        // HTTP/2 carries the host in `:authority` alone; HTTP/1.1 needs `Host` beside it.
+        assert_eq!(check(false, Some("gw.example"), &headers(&[])), Ok(()));
+        assert_eq!(
+            check(true, Some("gw.example:8080"), &headers(&[])),
+            Err(Malformed::NoHost)
+        );
+        for other in ["other.example:8080", "gw.example", "gw.example:80"] {
+            assert_eq!(
+                check(false, Some(other), &headers(&[gw])),
+                Err(Malformed::HostDisagrees),
+                "{other:?}"
+            );
+        }
+        for bad in [
+            "gw@evil.example",
+            "user:pw@gw.example:8080",
+            "gw.example:x",
+            "",
+        ] {
+            assert_eq!(
+                check(false, Some(bad), &headers(&[])),
+                Err(Malformed::BadAuthority),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn framing_rules() {
+        let host = ("host", "a");
+        assert_eq!(
+            check(true, None, &headers(&[host, ("content-length", "3")])),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                true,
+                None,
+                &headers(&[host, ("transfer-encoding", "Chunked")])
+            ),
             Ok(())
         );
         for (codings, named) in [
@@ -217,7 +300,7 @@ mod tests {
             for c in codings {
                 h.append("transfer-encoding", HeaderValue::from_static(c));
             }
-            let e = check(true, &h).unwrap_err();
+            let e = check(true, None, &h).unwrap_err();
             assert_eq!(e, Malformed::Coding(named.into()), "{codings:?}");
             assert_eq!(e.status(), StatusCode::NOT_IMPLEMENTED);
         }
@@ -226,7 +309,11 @@ mod tests {
             for c in twice {
                 h.append("transfer-encoding", HeaderValue::from_static(c));
             }
-            assert_eq!(check(true, &h), Err(Malformed::ChunkedTwice), "{twice:?}");
+            assert_eq!(
+                check(true, None, &h),
+                Err(Malformed::ChunkedTwice),
+                "{twice:?}"
+            );
         }
     }
 }

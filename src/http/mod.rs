@@ -135,7 +135,9 @@ async fn dispatch(
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    if let Err(e) = framing::check(req.version() == http::Version::HTTP_11, req.headers()) {
+    let target_authority = req.uri().authority().map(|a| a.as_str());
+    let http11 = req.version() == http::Version::HTTP_11;
+    if let Err(e) = framing::check(http11, target_authority, req.headers()) {
         let html = error::wants_html(req.headers());
         let status = e.status();
         let title = status.canonical_reason().unwrap_or("Bad Request");
@@ -148,6 +150,7 @@ async fn dispatch(
         }
         return resp;
     }
+    framing::settle_host(&mut req);
     let normalized = match normalize_target(&mut req) {
         Ok(p) => p,
         Err(why) => {

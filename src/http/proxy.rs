@@ -466,12 +466,12 @@ pub async fn handle(
 ) -> Response<Body> {
     let gw = &state.gateway;
     let html = error::wants_html(req.headers());
-    let host = req.uri().host().map(str::to_owned).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-    });
+    // `dispatch` settled `Host` with the target's authority (`framing::settle_host`).
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
     let Some(route) = gw.routes.find(host.as_deref(), &path) else {
         return error::not_found(html);
     };

@@ -249,6 +249,11 @@ fn cases() -> Vec<Case> {
             "absolute-form with dotdot",
             "http://twins.test/plant-7/../plant-9/x",
         ),
+        // Every request of this table says `Host: twins.test`.
+        bad(
+            "absolute-form naming another host",
+            "http://elsewhere.test/plant-7/x",
+        ),
         Case {
             name: "asterisk-form",
             method: "OPTIONS",
@@ -311,7 +316,7 @@ fn request(addr: SocketAddr, method: &str, target: &[u8], token: &str) -> RawRes
     req.extend_from_slice(target);
     req.extend_from_slice(
         format!(
-            " HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+            " HTTP/1.1\r\nHost: twins.test\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     );
@@ -534,4 +539,126 @@ async fn paths_normalizing_into_the_reserved_prefix_are_served_by_the_gateway() 
         0,
         "a request for the gateway's own endpoints reached an upstream"
     );
+}
+
+/// Host confusion: a request names its host in `Host`, and may name it again in an
+/// absolute-form target (HTTP/1.1) or `:authority` (HTTP/2). Where it does, the two must
+/// agree, or the request is refused before routing: a hop that reads the other one would
+/// route or authorize another request. Where the target alone names it (HTTP/2 without
+/// `Host`), that is the host routing, policy and forwarding use.
+///
+/// `/plant-7` is routed by host: on `twins.test` to one upstream, on any other host to
+/// another, so the test sees which host a request was routed by.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_is_read_from_one_place_and_two_that_disagree_are_refused() {
+    let on_host = Upstream::start().await;
+    let elsewhere = Upstream::start().await;
+    let mut bound = RouteSpec::new("plant-7-twins", "/plant-7", on_host.addr, "plant-7", 2);
+    bound.host = Some("twins.test");
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![
+            bound,
+            RouteSpec::new("plant-7", "/plant-7", elsewhere.addr, "plant-7", 2),
+        ],
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let addr = gw.addr;
+    let port = addr.port();
+    let send = |target: String, host: String| {
+        let t = token.clone();
+        blocking(move || {
+            raw(
+                addr,
+                &format!(
+                    "GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {t}\r\n\
+                     Accept: application/json\r\nConnection: close\r\n\r\n"
+                ),
+            )
+            .expect("request")
+        })
+    };
+
+    // An absolute-form target whose authority is the Host: routed by that host.
+    let r = send(
+        format!("http://twins.test:{port}/plant-7/a"),
+        format!("twins.test:{port}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = on_host.last().expect("the twins.test upstream was reached");
+    assert_eq!(seen.target, "/plant-7/a");
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(&*format!("twins.test:{port}"))
+    );
+
+    for (target, host, says) in [
+        // Routed by the target, the request would reach twins.test's twin; a hop
+        // reading `Host` would have taken it for a request to another host.
+        (
+            format!("http://twins.test:{port}/plant-7/b"),
+            format!("elsewhere.test:{port}"),
+            "another host",
+        ),
+        (
+            format!("http://elsewhere.test:{port}/plant-7/b"),
+            format!("twins.test:{port}"),
+            "another host",
+        ),
+        (
+            "http://twins.test/plant-7/b".to_owned(),
+            format!("twins.test:{port}"),
+            "another host",
+        ),
+        (
+            format!("http://gw@twins.test:{port}/plant-7/b"),
+            format!("twins.test:{port}"),
+            "authority is not a host",
+        ),
+    ] {
+        let r = send(target.clone(), host.clone()).await;
+        assert_eq!(r.status, 400, "{target} with Host {host}: {}", r.body);
+        assert!(
+            r.body.contains(says),
+            "{target} with Host {host}: {}",
+            r.body
+        );
+        assert_eq!(r.header("connection"), Some("close"), "{target}");
+    }
+
+    // HTTP/2: the host comes in `:authority`, with no `Host` beside it.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("twins.test", addr)
+        .build()
+        .unwrap();
+    let url = format!("http://twins.test:{port}/plant-7/c");
+    let r = h2.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let seen = on_host.last().unwrap();
+    assert_eq!(seen.target, "/plant-7/c");
+    assert_eq!(
+        seen.header("x-forwarded-host"),
+        Some(&*format!("twins.test:{port}"))
+    );
+    // And with a `Host` that names another.
+    let r = h2
+        .get(&url)
+        .bearer_auth(&token)
+        .header("host", format!("elsewhere.test:{port}"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("another host"));
+
+    assert_eq!(
+        on_host.count(),
+        2,
+        "only the two agreeing requests on twins.test"
+    );
+    assert_eq!(elsewhere.count(), 0, "nothing was routed by the other host");
 }

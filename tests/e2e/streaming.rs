@@ -42,10 +42,6 @@ async fn plant7(extra: &'static str) -> (Upstream, Gateway, String) {
     (up, gw, token)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
-
 /// Reads an HTTP/1.1 response head; returns (status, lowercase headers, bytes already read
 /// past the head).
 fn read_head(s: &mut TcpStream) -> (u16, Vec<(String, String)>, Vec<u8>) {

@@ -546,6 +546,11 @@ impl RawResponse {
     }
 }
 
+/// Runs one of the blocking helpers below from an async test.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
 /// Sends bytes exactly as given (no client-side normalization) and reads the response.
 /// The request should carry `Connection: close`.
 pub fn raw(addr: SocketAddr, request: &str) -> std::io::Result<RawResponse> {
