@@ -118,6 +118,11 @@ fn original(headers: &HeaderMap) -> Result<Original, OriginalError> {
         let path_and_query = fwd_uri.ok_or(OriginalError::Missing("x-forwarded-uri"))?;
         let method = fwd_method.ok_or(OriginalError::Missing("x-forwarded-method"))?;
         let host = fwd_host.ok_or(OriginalError::Missing("x-forwarded-host"))?;
+        // Held to the rule for `Host` itself (`framing::valid_host`): the route is found
+        // by it, so it may name a host and port and nothing else.
+        if super::framing::valid_host(host.as_bytes()).is_none() {
+            return Err(OriginalError::Malformed("x-forwarded-host"));
+        }
         return Ok(Original {
             method: method.to_owned(),
             host: Some(host.to_owned()),
@@ -131,7 +136,7 @@ fn original(headers: &HeaderMap) -> Result<Original, OriginalError> {
     let Some(authority) = uri.authority() else {
         return Err(OriginalError::NotAbsolute);
     };
-    if authority.as_str().contains('@') {
+    if super::framing::valid_host(authority.as_str().as_bytes()).is_none() {
         return Err(OriginalError::Malformed("x-original-url"));
     }
     let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -517,6 +522,22 @@ mod tests {
                     ("x-original-method", "GET"),
                 ],
                 OriginalError::Malformed("x-original-url"),
+            ),
+            (
+                vec![
+                    ("x-forwarded-uri", "/a"),
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-host", "evil@twins.test"),
+                ],
+                OriginalError::Malformed("x-forwarded-host"),
+            ),
+            (
+                vec![
+                    ("x-forwarded-uri", "/a"),
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-host", "twins.test/plant-9"),
+                ],
+                OriginalError::Malformed("x-forwarded-host"),
             ),
             (
                 vec![
