@@ -23,9 +23,16 @@ pub const TICK: Duration = Duration::from_millis(10);
 pub struct Elapsed;
 
 /// One worker's deadlines. Cheap to share: requests and the watchdog hold an `Arc`.
-#[derive(Default)]
 pub struct Deadlines {
     state: Mutex<State>,
+    /// How often the watchdog looks: the most a deadline fires late.
+    tick: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self::with_tick(TICK)
+    }
 }
 
 #[derive(Default)]
@@ -49,6 +56,15 @@ struct Slot {
 }
 
 impl Deadlines {
+    /// Deadlines that may fire up to `tick` late, for long timeouts where a watchdog
+    /// waking every [`TICK`] would buy nothing.
+    pub fn with_tick(tick: Duration) -> Self {
+        Deadlines {
+            state: Mutex::default(),
+            tick,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state is plain data, consistent between any two statements that touch it.
         self.state
@@ -56,7 +72,7 @@ impl Deadlines {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` until it finishes or `at` passes (then `Err(Elapsed)`, at most [`TICK`]
+    /// Runs `f` until it finishes or `at` passes (then `Err(Elapsed)`, at most a tick
     /// late, and `f` is dropped). Needs [`Deadlines::watch`] running for the deadline to
     /// fire.
     pub async fn within<F: Future>(&self, at: Instant, f: F) -> Result<F::Output, Elapsed> {
@@ -74,10 +90,10 @@ impl Deadlines {
         .await
     }
 
-    /// The watchdog: fires expired deadlines every [`TICK`] while deadlines are being
+    /// The watchdog: fires expired deadlines every tick while deadlines are being
     /// registered. Runs until dropped (the worker aborts it when it stops).
     pub async fn watch(self: Arc<Self>) {
-        let mut sleep = pin!(tokio::time::sleep(TICK));
+        let mut sleep = pin!(tokio::time::sleep(self.tick));
         loop {
             std::future::poll_fn(|cx| {
                 let mut s = self.lock();
@@ -90,7 +106,9 @@ impl Deadlines {
                 }
             })
             .await;
-            sleep.as_mut().reset(tokio::time::Instant::now() + TICK);
+            sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.tick);
             sleep.as_mut().await;
             self.fire_expired(Instant::now());
         }

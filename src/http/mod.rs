@@ -39,7 +39,20 @@ pub struct Peer(pub SocketAddr);
 pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub upstreams: Arc<upstream::Upstreams>,
+    /// The worker's client connections' [`HEAD_TIMEOUT`]s (on the fast path; hyper keeps
+    /// its own).
+    pub heads: Arc<deadline::Deadlines>,
 }
+
+/// How long a client connection may take to send a request head, counted from when the
+/// gateway starts waiting for it: the connection's opening or the previous response. It
+/// bounds an idle keep-alive connection and a head sent a byte at a time alike, so
+/// neither holds a connection (a file descriptor, buffers) for good. Both paths count it
+/// the same way: the fast path here, hyper by its `header_read_timeout`.
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How late a [`HEAD_TIMEOUT`] may fire: its watchdog wakes this often while connections
+/// wait, where the upstream deadlines' ticks every 10 ms would buy nothing.
+const HEAD_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub const RESERVED_PREFIX: &str = "/.twinward/";
 
@@ -259,9 +272,19 @@ pub async fn serve(
 ) {
     let upstreams = Arc::new(upstream::Upstreams::new(gateway.routes.routes()));
     let watchdog = tokio::spawn(upstreams.deadlines().clone().watch());
-    let state = AppState { gateway, upstreams };
+    let heads = Arc::new(deadline::Deadlines::with_tick(HEAD_TICK));
+    let heads_watchdog = tokio::spawn(heads.clone().watch());
+    let state = AppState {
+        gateway,
+        upstreams,
+        heads,
+    };
     let router = gateway_router(state.clone());
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
@@ -307,4 +330,5 @@ pub async fn serve(
         _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => tracing::warn!("connections still open after 30s; closing"),
     }
     watchdog.abort();
+    heads_watchdog.abort();
 }

@@ -854,3 +854,101 @@ async fn a_request_with_length_and_chunked_is_read_as_chunked_and_ends_its_conne
     );
     assert!(!heads.iter().any(|h| h.contains("pipelined")), "{heads:?}");
 }
+
+/// A client connection that does not send a whole request head within 30 s of the gateway
+/// starting to wait for one (at the connection's opening or after a response) is closed,
+/// on either path: idle keep-alive connections and heads sent a piece at a time would
+/// otherwise hold a connection for good. Each request starts the count anew.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_sends_no_whole_head_for_30_s_is_closed_on_either_path() {
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    let twin = RawTwin::start(ok_with_path).await;
+    let (gw, token) = one_worker_gateway(twin.addr);
+    let get =
+        format!("GET /plant-7/a HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n");
+    // Has a body, so hyper serves it and the rest of its connection.
+    let post = format!(
+        "POST /plant-7/a HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 2\r\n\r\nhi"
+    );
+    let half = "GET /plant-7/b HTTP/1.1\r\nHost: gw\r\n";
+    // (case, requests answered first, then what is sent and left unfinished)
+    let cases: Vec<(&str, Option<(&str, String)>, &str)> = vec![
+        ("opened, nothing sent", None, ""),
+        ("half a head", None, half),
+        (
+            "idle after a fast-path answer",
+            Some(("GET", get.clone())),
+            "",
+        ),
+        (
+            "half a head after a fast-path answer",
+            Some(("GET", get.clone())),
+            half,
+        ),
+        (
+            "idle after hyper's answer",
+            Some(("POST", post.clone())),
+            "",
+        ),
+        (
+            "half a head after hyper's answer",
+            Some(("POST", post.clone())),
+            half,
+        ),
+    ];
+    let mut waits = Vec::new();
+    for (case, first, rest) in cases {
+        let addr = gw.addr;
+        waits.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut buf = Vec::new();
+            if let Some((method, req)) = first {
+                s.write_all(req.as_bytes()).await.unwrap();
+                let got = read_response(&mut s, &mut buf, method).await;
+                assert_eq!(got.status, 200, "{case}");
+            }
+            s.write_all(rest.as_bytes()).await.unwrap();
+            let waiting = tokio::time::Instant::now();
+            let mut more = Vec::new();
+            let end =
+                tokio::time::timeout(TIMEOUT + Duration::from_secs(10), s.read_to_end(&mut more))
+                    .await
+                    .unwrap_or_else(|_| panic!("{case}: still open after 40 s"));
+            let waited = waiting.elapsed();
+            // Closed, perhaps with a 408 first; reset is a close too.
+            let more = String::from_utf8_lossy(&more);
+            assert!(
+                end.is_err() || more.is_empty() || more.starts_with("HTTP/1.1 408 "),
+                "{case}: {more}"
+            );
+            assert!(
+                waited >= TIMEOUT - Duration::from_secs(1)
+                    && waited < TIMEOUT + Duration::from_secs(5),
+                "{case}: closed after {waited:?}"
+            );
+        }));
+    }
+    // A connection whose requests come 20 s apart stays open: the count restarts with each.
+    let addr = gw.addr;
+    let steady = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        for (i, method) in ["GET", "POST", "GET"].into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+            }
+            let req = if method == "GET" { &get } else { &post };
+            s.write_all(req.as_bytes()).await.unwrap();
+            let got = read_response(&mut s, &mut buf, method).await;
+            assert_eq!(
+                got.status, 200,
+                "request {i}, {method}, 20 s after the one before"
+            );
+        }
+    });
+    for w in waits {
+        w.await.unwrap();
+    }
+    steady.await.unwrap();
+}

@@ -26,7 +26,7 @@ pub use rewind::Rewind;
 
 use super::deadline::Deadlines;
 use super::upstream::{RawConn, RawPool, UpstreamError};
-use super::{error, proxy, AppState, RESERVED_PREFIX};
+use super::{error, proxy, AppState, HEAD_TIMEOUT, RESERVED_PREFIX};
 use crate::access::Grant;
 use crate::clock::Timestamp;
 use crate::routing::path::{self, NormalizedPath};
@@ -41,7 +41,7 @@ use response::{BadResponse, Framing, Parsed};
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -50,8 +50,6 @@ use tokio::sync::watch;
 const MAX_HEAD: usize = 16 * 1024;
 /// More header lines than this: hyper's business.
 const MAX_HEADERS: usize = 64;
-/// A request head must be complete this long after its first bytes arrived.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Twin response heads longer than this are refused (502).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Body bytes read from the twin per read while relaying.
@@ -139,7 +137,8 @@ pub async fn serve(
         out: Vec::with_capacity(4096),
     };
     loop {
-        let head_len = match read_head(&mut stream, &mut bufs.client, stopping).await {
+        let head_len = match read_head(&state.heads, &mut stream, &mut bufs.client, stopping).await
+        {
             HeadRead::Complete(n) => n,
             HeadRead::Closed => return Served::Done,
             HeadRead::Unusual => return Served::Handoff(stream, bufs.client.freeze()),
@@ -195,12 +194,16 @@ enum HeadRead {
     Unusual,
 }
 
+/// Reads until `buf` holds a whole request head, within [`HEAD_TIMEOUT`] (else the
+/// connection closes, as hyper closes one whose head is late). The deadline sits in the
+/// worker's list, `heads`, not in a tokio timer: most keep-alive waits register one.
 async fn read_head(
+    heads: &Deadlines,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     stopping: &mut watch::Receiver<bool>,
 ) -> HeadRead {
-    let mut deadline = None;
+    let deadline = Instant::now() + HEAD_TIMEOUT;
     loop {
         if let Some(n) = head_end(buf) {
             return HeadRead::Complete(n);
@@ -213,15 +216,14 @@ async fn read_head(
             // Between requests: wait for the next one, or for shutdown.
             tokio::select! {
                 biased;
-                r = stream.read_buf(buf) => r,
+                r = heads.within(deadline, stream.read_buf(buf)) => r,
                 _ = stopping.wait_for(|s| *s) => return HeadRead::Closed,
             }
         } else {
-            let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
-            match tokio::time::timeout_at(d, stream.read_buf(buf)).await {
-                Ok(r) => r,
-                Err(_) => return HeadRead::Closed,
-            }
+            heads.within(deadline, stream.read_buf(buf)).await
+        };
+        let Ok(read) = read else {
+            return HeadRead::Closed;
         };
         match read {
             Ok(0) if buf.is_empty() => return HeadRead::Closed,
