@@ -12,6 +12,7 @@ pub mod error;
 pub mod fastpath;
 pub mod framing;
 pub mod headers;
+pub mod idle;
 pub mod proxy;
 pub mod ui;
 pub mod upstream;
@@ -312,16 +313,22 @@ pub async fn serve(
                 fastpath::Served::Done => return,
                 fastpath::Served::Handoff(stream, read) => (stream, read),
             };
+            let (io, activity) = idle::Counted::new(fastpath::Rewind::new(stream, read));
+            let on_conn = activity.clone();
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 let router = router.clone();
-                async move { Ok::<_, Infallible>(dispatch(state, router, peer, req).await) }
+                let in_flight = idle::InFlight::enter(&on_conn);
+                async move {
+                    let resp = dispatch(state, router, peer, req).await;
+                    Ok::<_, Infallible>(resp.map(|b| in_flight.hold(b)))
+                }
             });
-            let io = TokioIo::new(fastpath::Rewind::new(stream, read));
-            let conn = builder.serve_connection_with_upgrades(io, svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+            if let Err(e) = idle::serve(conn.into_owned(), activity, stopping).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(watcher);
         });
     }
     let _ = stopping_tx.send(true);

@@ -858,7 +858,8 @@ async fn a_request_with_length_and_chunked_is_read_as_chunked_and_ends_its_conne
 /// A client connection that does not send a whole request head within 30 s of the gateway
 /// starting to wait for one (at the connection's opening or after a response) is closed,
 /// on either path: idle keep-alive connections and heads sent a piece at a time would
-/// otherwise hold a connection for good. Each request starts the count anew.
+/// otherwise hold a connection for good. Each request starts the count anew. An HTTP/2
+/// connection with no request in flight on which nothing moved for 30 s is closed too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_that_sends_no_whole_head_for_30_s_is_closed_on_either_path() {
     const TIMEOUT: Duration = Duration::from_secs(30);
@@ -872,8 +873,10 @@ async fn a_connection_that_sends_no_whole_head_for_30_s_is_closed_on_either_path
          Content-Length: 2\r\n\r\nhi"
     );
     let half = "GET /plant-7/b HTTP/1.1\r\nHost: gw\r\n";
-    // (case, requests answered first, then what is sent and left unfinished)
-    let cases: Vec<(&str, Option<(&str, String)>, &str)> = vec![
+    // (case, a request answered first (its method and bytes), then what is sent and left
+    // unfinished)
+    type Case = (&'static str, Option<(&'static str, String)>, &'static str);
+    let cases: Vec<Case> = vec![
         ("opened, nothing sent", None, ""),
         ("half a head", None, half),
         (
@@ -929,6 +932,79 @@ async fn a_connection_that_sends_no_whole_head_for_30_s_is_closed_on_either_path
             );
         }));
     }
+    // HTTP/2 has no request head to wait for: a connection on which no byte moved for
+    // 30 s gets GOAWAY and is closed (within the 5 s its activity is looked at).
+    let addr = gw.addr;
+    let h2 = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // The preface and an empty SETTINGS frame.
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let waiting = tokio::time::Instant::now();
+        let mut frames = Vec::new();
+        tokio::time::timeout(
+            TIMEOUT + Duration::from_secs(15),
+            s.read_to_end(&mut frames),
+        )
+        .await
+        .expect("HTTP/2: still open after 45 s")
+        .unwrap();
+        let waited = waiting.elapsed();
+        let mut types = Vec::new();
+        let mut at = 0;
+        while at + 9 <= frames.len() {
+            let len = usize::from(frames[at]) << 16
+                | usize::from(frames[at + 1]) << 8
+                | usize::from(frames[at + 2]);
+            types.push(frames[at + 3]);
+            at += 9 + len;
+        }
+        assert!(
+            types.contains(&0x7),
+            "HTTP/2: no GOAWAY among frame types {types:?}"
+        );
+        assert!(
+            waited >= TIMEOUT - Duration::from_secs(1) && waited < TIMEOUT + Duration::from_secs(7),
+            "HTTP/2: closed after {waited:?}"
+        );
+    });
+    // Nor does that cut off a request in flight, however long its twin takes: here an
+    // HTTP/2 request whose twin answers after 40 s, no byte moving meanwhile.
+    let slow_twin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = slow_twin.local_addr().unwrap();
+    let slow_gw = Gateway::start(GatewayOptions {
+        routes: vec![RouteSpec::new("slow", "/slow", slow_addr, "plant-7", 2)],
+        ..Default::default()
+    });
+    let slow_token = slow_gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let slow_url = slow_gw.url("/slow/report");
+    let slow = tokio::spawn(async move {
+        let twin = tokio::spawn(async move {
+            let (mut s, _) = slow_twin.accept().await.unwrap();
+            let mut buf = Vec::new();
+            read_until_head_end(&mut s, &mut buf).await.unwrap();
+            tokio::time::sleep(TIMEOUT + Duration::from_secs(10)).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+                .await
+                .unwrap();
+        });
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let r = client
+            .get(&slow_url)
+            .bearer_auth(&slow_token)
+            .send()
+            .await
+            .expect("the slow answer, on the connection it was asked on");
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "slow");
+        twin.await.unwrap();
+        drop(slow_gw);
+    });
     // A connection whose requests come 20 s apart stays open: the count restarts with each.
     let addr = gw.addr;
     let steady = tokio::spawn(async move {
@@ -950,5 +1026,7 @@ async fn a_connection_that_sends_no_whole_head_for_30_s_is_closed_on_either_path
     for w in waits {
         w.await.unwrap();
     }
+    h2.await.unwrap();
     steady.await.unwrap();
+    slow.await.unwrap();
 }
