@@ -79,14 +79,7 @@ pub async fn run(
         )
     };
     let key_watcher = tokio::spawn(watch_keys(gw.clone()));
-    let admin_task = admin.map(|l| {
-        let router = crate::http::admin::router(gw.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(l, router).await {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-        })
-    });
+    let admin_task = admin.map(|l| tokio::spawn(crate::http::admin::serve(l, gw.clone())));
 
     shutdown.await;
     tracing::info!("shutting down");

@@ -11,6 +11,49 @@ use http::header::CONTENT_TYPE;
 use http::StatusCode;
 use std::sync::Arc;
 
+/// Serves the admin listener until the task is dropped, each connection held to the
+/// public listener's bounds: a request head within 30 s, an HTTP/2 connection ended once
+/// quiet ([`super::idle`]).
+pub async fn serve(listener: tokio::net::TcpListener, gw: Arc<Gateway>) {
+    let router = router(gw);
+    let builder = super::connection_builder();
+    // The task is aborted at shutdown; nothing here waits for a signal.
+    let (_never, stopping) = tokio::sync::watch::channel(false);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (io, activity) = super::idle::Counted::new(stream);
+        let on_conn = activity.clone();
+        let router = router.clone();
+        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let in_flight = super::idle::InFlight::enter(&on_conn);
+            let resp = tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new));
+            async move {
+                let resp = match resp.await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+                Ok::<_, std::convert::Infallible>(resp.map(|b| in_flight.hold(b)))
+            }
+        });
+        let conn = builder
+            .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+            .into_owned();
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            if let Err(e) = super::idle::serve(conn, activity, stopping).await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -183,6 +183,18 @@ async fn dispatch(
     proxy::handle(state, peer, req, normalized).await
 }
 
+/// How hyper serves a client connection of either listener: HTTP/1.1 or HTTP/2 as the
+/// client speaks, and an HTTP/1.1 head due within [`HEAD_TIMEOUT`] (hyper enforces its
+/// `header_read_timeout` only when given a timer).
+pub fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT);
+    builder
+}
+
 fn reuseport_socket(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let s = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -281,11 +293,7 @@ pub async fn serve(
         heads,
     };
     let router = gateway_router(state.clone());
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT);
+    let builder = connection_builder();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
