@@ -12,7 +12,7 @@ use http::StatusCode;
 use std::sync::Arc;
 
 /// Serves the admin listener until the task is dropped, each connection held to the
-/// public listener's bounds: a request head within 30 s, an HTTP/2 connection ended once
+/// public listener's bounds: a request head within [`super::HEAD_TIMEOUT`], an HTTP/2 connection ended once
 /// quiet ([`super::idle`]).
 pub async fn serve(listener: tokio::net::TcpListener, gw: Arc<Gateway>) {
     let router = router(gw);

@@ -50,7 +50,13 @@ pub struct AppState {
 /// bounds an idle keep-alive connection and a head sent a byte at a time alike, so
 /// neither holds a connection (a file descriptor, buffers) for good. Both paths count it
 /// the same way: the fast path here, hyper by its `header_read_timeout`.
-pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+///
+/// It is also the keep-alive time, so it must outlast what the proxies and load balancers
+/// in front keep an idle connection to the gateway (AWS ALB's and nginx's upstream
+/// keep-alive default to 60 s): one that sends a request just as the gateway closes the
+/// connection gets an error, and does not retry a POST. Hence nginx's keep-alive default
+/// of 75 s, not less.
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
 /// How late a [`HEAD_TIMEOUT`] may fire: its watchdog wakes this often while connections
 /// wait, where the upstream deadlines' ticks every 10 ms would buy nothing.
 const HEAD_TICK: std::time::Duration = std::time::Duration::from_millis(500);
