@@ -28,28 +28,20 @@ pub async fn serve(listener: tokio::net::TcpListener, gw: Arc<Gateway>) {
                 continue;
             }
         };
-        let (io, activity) = super::idle::Counted::new(stream);
-        let on_conn = activity.clone();
         let router = router.clone();
-        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let in_flight = super::idle::InFlight::enter(&on_conn);
+        let handle = move |req: http::Request<hyper::body::Incoming>| {
             let resp = tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new));
             async move {
-                let resp = match resp.await {
+                match resp.await {
                     Ok(r) => r,
                     Err(never) => match never {},
-                };
-                Ok::<_, std::convert::Infallible>(resp.map(|b| in_flight.hold(b)))
+                }
             }
-        });
-        let conn = builder
-            .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-            .into_owned();
+        };
+        let builder = builder.clone();
         let stopping = stopping.clone();
         tokio::spawn(async move {
-            if let Err(e) = super::idle::serve(conn, activity, stopping).await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
-            }
+            super::idle::serve_http(&builder, stream, stopping, handle).await;
         });
     }
 }

@@ -7,7 +7,13 @@
 //! however long its twin takes to answer (the route's `timeout` bounds that).
 
 use axum::body::Body;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
+use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -42,13 +48,13 @@ impl Activity {
 }
 
 /// A client connection's I/O, counting the reads and writes that moved bytes.
-pub struct Counted<T> {
+struct Counted<T> {
     inner: T,
     activity: Arc<Activity>,
 }
 
 impl<T> Counted<T> {
-    pub fn new(inner: T) -> (Self, Arc<Activity>) {
+    fn new(inner: T) -> (Self, Arc<Activity>) {
         let activity = Arc::new(Activity::default());
         (
             Counted {
@@ -119,16 +125,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 
 /// A request in flight on a connection: from when the service takes it until its
 /// response body is done with (sent in full, or dropped).
-pub struct InFlight(Arc<Activity>);
+struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    pub fn enter(activity: &Arc<Activity>) -> Self {
+    fn enter(activity: &Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(activity.clone())
     }
 
     /// `body`, holding this request in flight until it is dropped.
-    pub fn hold(self, body: Body) -> Body {
+    fn hold(self, body: Body) -> Body {
         Body::new(Held { body, _in: self })
     }
 }
@@ -164,12 +170,37 @@ impl http_body::Body for Held {
     }
 }
 
+/// Serves one client connection through hyper (HTTP/1.1 or HTTP/2, as the client speaks),
+/// each request answered by `handle`, until it ends or is ended by [`serve`]'s rules.
+pub async fn serve_http<I, F, Fut>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    stopping: watch::Receiver<bool>,
+    handle: F,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let (io, activity) = Counted::new(io);
+    let on_conn = activity.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let in_flight = InFlight::enter(&on_conn);
+        let resp = handle(req);
+        async move { Ok::<_, Infallible>(resp.await.map(|b| in_flight.hold(b))) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = serve(conn.into_owned(), activity, stopping).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
 /// Serves `conn` to its end. Once no request is in flight and no byte moved for [`IDLE`],
 /// it is shut down gracefully, and closed outright if after [`CHECK`] more it is still
 /// open with none in flight: an HTTP/2 client that never answers the PING of a graceful
 /// shutdown would otherwise keep it. When `stopping` turns true (the gateway's shutdown)
 /// it is shut down gracefully and served to its end.
-pub async fn serve<C: GracefulConnection>(
+async fn serve<C: GracefulConnection>(
     conn: C,
     activity: Arc<Activity>,
     mut stopping: watch::Receiver<bool>,

@@ -24,9 +24,8 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -327,21 +326,10 @@ pub async fn serve(
                 fastpath::Served::Done => return,
                 fastpath::Served::Handoff(stream, read) => (stream, read),
             };
-            let (io, activity) = idle::Counted::new(fastpath::Rewind::new(stream, read));
-            let on_conn = activity.clone();
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let state = state.clone();
-                let router = router.clone();
-                let in_flight = idle::InFlight::enter(&on_conn);
-                async move {
-                    let resp = dispatch(state, router, peer, req).await;
-                    Ok::<_, Infallible>(resp.map(|b| in_flight.hold(b)))
-                }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            if let Err(e) = idle::serve(conn.into_owned(), activity, stopping).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            let handle =
+                move |req: Request<Incoming>| dispatch(state.clone(), router.clone(), peer, req);
+            let io = fastpath::Rewind::new(stream, read);
+            idle::serve_http(&builder, io, stopping, handle).await;
             drop(watcher);
         });
     }

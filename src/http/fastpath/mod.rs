@@ -203,7 +203,8 @@ async fn read_head(
     buf: &mut BytesMut,
     stopping: &mut watch::Receiver<bool>,
 ) -> HeadRead {
-    let deadline = Instant::now() + HEAD_TIMEOUT;
+    // Taken at the first read: a pipelined head already in `buf` waits for nothing.
+    let mut deadline = None;
     loop {
         if let Some(n) = head_end(buf) {
             return HeadRead::Complete(n);
@@ -212,6 +213,7 @@ async fn read_head(
             return HeadRead::Unusual;
         }
         buf.reserve(4096);
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + HEAD_TIMEOUT);
         let read = if buf.is_empty() {
             // Between requests: wait for the next one, or for shutdown.
             tokio::select! {
