@@ -92,10 +92,14 @@ pub fn translate_head(
                     connection_close = true;
                 } else if t.eq_ignore_ascii_case("keep-alive") {
                     // Keep-alive is HTTP/1.1's default; an HTTP/1.0 twin's is not relied on.
+                } else if named[..n_named].iter().any(|n| n.eq_ignore_ascii_case(t)) {
+                    // Named again (a twin may repeat its `Connection` line): one is enough.
                 } else if n_named < named.len() {
                     named[n_named] = t;
                     n_named += 1;
                 } else {
+                    // More distinct names than any twin needs; a head this unusual is
+                    // refused (502) rather than given an unbounded list.
                     return Err(BadResponse::Malformed);
                 }
             }
@@ -285,6 +289,30 @@ mod tests {
                 .framing,
             Framing::Empty
         );
+    }
+
+    #[test]
+    fn connection_names_count_once_and_are_bounded() {
+        // The same names again and again: each is dropped, and the head passes.
+        let repeated = "Connection: date, x-hop\r\n".repeat(6);
+        let (_, text) = head(
+            &format!("HTTP/1.1 200 OK\r\n{repeated}X-Hop: 1\r\nContent-Length: 0\r\n\r\n"),
+            false,
+        )
+        .unwrap();
+        assert!(!text.to_ascii_lowercase().contains("x-hop"), "{text}");
+        // Nine different names: more than the list holds.
+        let nine = (1..=9)
+            .map(|i| format!("x-h{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(matches!(
+            head(
+                &format!("HTTP/1.1 200 OK\r\nConnection: {nine}\r\nContent-Length: 0\r\n\r\n"),
+                false
+            ),
+            Err(BadResponse::Malformed)
+        ));
     }
 
     #[test]
