@@ -30,9 +30,11 @@ pub fn repo() -> PathBuf {
 /// A port nobody listens on right now, from below the ephemeral range: a port the kernel
 /// hands out for `:0` is as likely to be taken next as the local end of some test's
 /// outgoing connection, before the gateway (started later, on a port fixed in its config)
-/// binds it. Each is handed out once per test process.
+/// binds it. nextest runs each test in a process of its own, so a port is also reserved
+/// across processes: by a lock on a file named after it, held until this process exits
+/// (and released by the kernel then, however it exits).
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static HELD: std::sync::Mutex<Vec<(u16, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
@@ -42,14 +44,30 @@ pub fn free_port() -> u16 {
     } else {
         ephemeral_low / 2
     };
-    let mut handed_out = HANDED_OUT.lock().unwrap();
+    let locks = std::env::temp_dir().join("twinward-test-ports");
+    std::fs::create_dir_all(&locks).expect("a directory for port reservations");
+    let mut held = HELD.lock().unwrap();
     for _ in 0..1000 {
         let candidate = low + (rand::random::<u16>() % (ephemeral_low - low));
-        if handed_out.contains(&candidate) {
+        if held.iter().any(|(p, _)| *p == candidate) {
+            continue;
+        }
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(locks.join(candidate.to_string()))
+        else {
+            continue;
+        };
+        // Another test process holds it.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+        // SAFETY: `fd` is the open file `lock`, which outlives the call.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             continue;
         }
         if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
-            handed_out.push(candidate);
+            held.push((candidate, lock));
             return candidate;
         }
     }
