@@ -29,7 +29,7 @@ pub async fn serve(listener: tokio::net::TcpListener, gw: Arc<Gateway>) {
             }
         };
         let router = router.clone();
-        let handle = move |req: http::Request<hyper::body::Incoming>| {
+        let handle = move |req: http::Request<super::idle::ClientBody>| {
             let resp = tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new));
             async move {
                 match resp.await {

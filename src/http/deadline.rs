@@ -1,6 +1,7 @@
 //! Deadlines of one worker's requests, watched by one timer per worker instead of one tokio
 //! timer per request: the upstream deadlines of the fast path's requests (every [`TICK`]),
-//! and the time its client connections have to send a request head (a coarser tick).
+//! and, on a coarser tick, the time its client connections have to send a request head or
+//! to take more of a response.
 //!
 //! Registering a tokio timer that expires before the runtime's next planned wake-up makes
 //! the runtime wake its own I/O driver: a `write` system call to its eventfd. A worker that

@@ -23,9 +23,9 @@ use axum::body::Body;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
+use idle::ClientBody;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -39,8 +39,9 @@ pub struct Peer(pub SocketAddr);
 pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub upstreams: Arc<upstream::Upstreams>,
-    /// The worker's client connections' [`HEAD_TIMEOUT`]s (on the fast path; hyper keeps
-    /// its own).
+    /// The fast path's waits for its clients, watched per worker: for a request head
+    /// ([`HEAD_TIMEOUT`]) and for a client to take more of a response (`idle::IDLE`).
+    /// hyper's connections have their own (`idle`).
     pub heads: Arc<deadline::Deadlines>,
 }
 
@@ -133,7 +134,7 @@ fn gateway_router(state: AppState) -> Router {
 
 /// Rewrites the request target to its normalized path (query kept as sent), or says why
 /// the target is refused.
-fn normalize_target(req: &mut Request<Incoming>) -> Result<path::NormalizedPath, String> {
+fn normalize_target(req: &mut Request<ClientBody>) -> Result<path::NormalizedPath, String> {
     let normalized = path::normalize(req.uri().path()).map_err(|e| format!("refused path: {e}"))?;
     if normalized.as_str() != req.uri().path() {
         let pq = match req.uri().query() {
@@ -152,7 +153,7 @@ async fn dispatch(
     state: AppState,
     router: Router,
     peer: SocketAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
 ) -> Response<Body> {
     let target_authority = req.uri().authority().map(|a| a.as_str());
     let http11 = req.version() == http::Version::HTTP_11;
@@ -327,7 +328,7 @@ pub async fn serve(
                 fastpath::Served::Handoff(stream, read) => (stream, read),
             };
             let handle =
-                move |req: Request<Incoming>| dispatch(state.clone(), router.clone(), peer, req);
+                move |req: Request<ClientBody>| dispatch(state.clone(), router.clone(), peer, req);
             let io = fastpath::Rewind::new(stream, read);
             idle::serve_http(&builder, io, stopping, handle).await;
             drop(watcher);

@@ -7,6 +7,7 @@
 
 use super::error;
 use super::headers::{visible_ascii, HeaderLines};
+use super::idle::ClientBody;
 use super::AppState;
 use crate::access::AccessRequest;
 use crate::routing::path::NormalizedPath;
@@ -15,7 +16,6 @@ use crate::signals::network::{ForwardingHeader, UnattestedClient};
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,7 +75,7 @@ pub use super::cookies::GATEWAY_COOKIES;
 
 /// The request body on its way upstream, which says when it has been sent completely.
 pub struct UploadBody {
-    inner: Incoming,
+    inner: ClientBody,
     done: Option<tokio::sync::oneshot::Sender<()>>,
     /// The same, for the connection pool: a connection whose twin answered before the
     /// body was through is still uploading and must not serve another request.
@@ -83,7 +83,7 @@ pub struct UploadBody {
 }
 
 impl UploadBody {
-    pub(super) fn new(inner: Incoming) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+    pub(super) fn new(inner: ClientBody) -> (Self, tokio::sync::oneshot::Receiver<()>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut b = UploadBody {
             inner,
@@ -319,7 +319,7 @@ pub fn purpose<H: HeaderLines + ?Sized>(headers: &H) -> Option<&str> {
     (v.len() <= 256 && v.chars().all(|c| !c.is_control())).then_some(v)
 }
 
-fn is_websocket(req: &Request<Incoming>) -> bool {
+fn is_websocket(req: &Request<ClientBody>) -> bool {
     req.headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -461,7 +461,7 @@ fn upstream_target(
 pub async fn handle(
     state: AppState,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     path: NormalizedPath,
 ) -> Response<Body> {
     let gw = &state.gateway;
@@ -522,7 +522,7 @@ async fn forward(
     peer: SocketAddr,
     client_ip: std::net::IpAddr,
     host: Option<&str>,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     path: &NormalizedPath,
     credential: &crate::credentials::Credential,
     decision_id: &str,

@@ -241,6 +241,258 @@ async fn large_response_streams_to_the_client_with_backpressure() {
     );
 }
 
+/// Client-side stalls: a request that waits for its client (to take more of a response, or
+/// to send more of an upload) while no byte moves for 75 s has its connection closed, on
+/// either path and in either HTTP version; a client that pauses for less, and a twin that
+/// takes its time, are not cut off. All cases run at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_takes_or_sends_nothing_for_75_s_mid_request_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const STALL: Duration = Duration::from_secs(75);
+    const BIG: u64 = 64 * MIB;
+    let big = big_upstream(BIG).await;
+    let echo = Upstream::start().await;
+    // A twin that reads an upload only after 85 s, then answers.
+    let lazy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lazy_addr = lazy.local_addr().unwrap();
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![
+            RouteSpec::new("big", "/big", big.addr, "plant-7", 2),
+            RouteSpec::new("echo", "/echo", echo.addr, "plant-7", 2),
+            RouteSpec::new("lazy", "/lazy", lazy_addr, "plant-7", 2),
+        ],
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let addr = gw.addr;
+    let auth = format!("Authorization: Bearer {token}");
+
+    // HTTP/1.1 clients that stop reading a 64 MiB response: the fast path serves the GET,
+    // hyper the POST (it has a body). After 85 s they read what there is: a gateway that
+    // gave up has closed (FIN after what its socket still held, or a reset) well short of
+    // the body; one that did not sends the rest and keeps the connection open.
+    let mut waits = Vec::new();
+    for (case, head) in [
+        (
+            "fast path, response not read",
+            format!("GET /big/a HTTP/1.1\r\nHost: gw\r\n{auth}\r\n\r\n"),
+        ),
+        (
+            "hyper, response not read",
+            format!("POST /big/a HTTP/1.1\r\nHost: gw\r\n{auth}\r\nContent-Length: 2\r\n\r\nhi"),
+        ),
+    ] {
+        waits.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            tokio::time::sleep(STALL + Duration::from_secs(10)).await;
+            let mut got = 0u64;
+            let mut buf = vec![0u8; 1 << 16];
+            let end = tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => return "closed",
+                        Ok(n) => got += n as u64,
+                        Err(_) => return "reset",
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{case}: still open after 105 s, {got} bytes read"));
+            assert!(got < BIG, "{case}: {end} after the whole body");
+        }));
+    }
+
+    // An HTTP/1.1 upload that stops after 10 of its 1,000 bytes: closed, without an answer.
+    let head = format!(
+        "POST /echo/u HTTP/1.1\r\nHost: gw\r\n{auth}\r\nContent-Length: 1000\r\n\r\n0123456789"
+    );
+    waits.push(tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let waiting = Instant::now();
+        let mut more = Vec::new();
+        let end = tokio::time::timeout(STALL + Duration::from_secs(10), s.read_to_end(&mut more))
+            .await
+            .expect("HTTP/1.1 upload: still open after 85 s");
+        let waited = waiting.elapsed();
+        assert!(
+            end.is_err() || more.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&more)
+        );
+        assert!(
+            waited >= STALL - Duration::from_secs(1) && waited < STALL + Duration::from_secs(7),
+            "HTTP/1.1 upload: closed after {waited:?}"
+        );
+    }));
+
+    // HTTP/2: a response whose client grants no more flow-control window than the first
+    // 64 KiB, and an upload that stops after its first bytes. The connection ends.
+    for (case, method, path) in [
+        ("HTTP/2, no window granted", "GET", "/big/a"),
+        ("HTTP/2, upload stopped", "POST", "/echo/u"),
+    ] {
+        let token = token.clone();
+        waits.push(tokio::spawn(async move {
+            let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (mut send, conn) =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .initial_stream_window_size(65_535)
+                    .initial_connection_window_size(65_535)
+                    .handshake(io)
+                    .await
+                    .unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|f| (Ok::<_, Infallible>(f), rx))
+            }));
+            let tx = if method == "POST" {
+                tx.send(Frame::data(Bytes::from_static(b"0123456789")))
+                    .await
+                    .unwrap();
+                Some(tx)
+            } else {
+                None
+            };
+            let req = Request::builder()
+                .method(method)
+                .uri(format!("http://gw{path}"))
+                .header("authorization", format!("Bearer {token}"))
+                .body(StreamBody::new(frames))
+                .unwrap();
+            let waiting = Instant::now();
+            let client = tokio::spawn(async move {
+                // Holds the upload open and the response (its body never read).
+                let _upload = tx;
+                let _response = send.send_request(req).await;
+                std::future::pending::<()>().await
+            });
+            let ended = tokio::time::timeout(STALL + Duration::from_secs(10), conn).await;
+            let waited = waiting.elapsed();
+            client.abort();
+            assert!(ended.is_ok(), "{case}: still open after 85 s");
+            assert!(
+                waited >= STALL - Duration::from_secs(1) && waited < STALL + Duration::from_secs(7),
+                "{case}: closed after {waited:?}"
+            );
+        }));
+    }
+
+    // A client that stops reading for 60 s, then reads on, gets the whole body, and its
+    // connection serves the next request.
+    let head = format!("GET /big/b HTTP/1.1\r\nHost: gw\r\n{auth}\r\n\r\n");
+    let paused = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for round in 0..2 {
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut got: Vec<u8> = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "round {round}: closed before the head");
+                got.extend_from_slice(&buf[..n]);
+            }
+            let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let mut body = (got.len() - head_end) as u64;
+            if round == 0 {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            while body < BIG {
+                let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+                    .await
+                    .expect("the rest of the body in time")
+                    .unwrap();
+                assert!(
+                    n > 0,
+                    "round {round}: closed after {body} bytes of the body"
+                );
+                body += n as u64;
+            }
+            assert_eq!(body, BIG, "round {round}");
+        }
+    });
+
+    // A twin that reads a 64 MiB upload only after 85 s is waited for: the client sent all
+    // it could, and it is the twin that takes its time.
+    let lazy_twin = tokio::spawn(async move {
+        let (mut s, _) = lazy.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head_end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut body = (head.len() - head_end) as u64;
+        tokio::time::sleep(STALL + Duration::from_secs(10)).await;
+        while body < BIG {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the gateway gave up on the upload after {body} bytes"
+            );
+            body += n as u64;
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ntook")
+            .await
+            .unwrap();
+        body
+    });
+    let head =
+        format!("POST /lazy/u HTTP/1.1\r\nHost: gw\r\n{auth}\r\nContent-Length: {BIG}\r\n\r\n");
+    let uploader = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&vec![b'u'; BIG as usize]).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut buf = [0u8; 4096];
+            while !answer.ends_with(b"took") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+
+    // Every case's outcome, not only the first failure's.
+    let mut failed = Vec::new();
+    for w in waits.into_iter().chain([paused]) {
+        if let Err(e) = w.await {
+            failed.push(panic_text(e));
+        }
+    }
+    match (lazy_twin.await, uploader.await) {
+        (Ok(read), Ok(answer)) => {
+            if read != BIG || !answer.starts_with("HTTP/1.1 200 ") || !answer.ends_with("took") {
+                failed.push(format!("lazy twin: read {read} bytes; answer {answer:?}"));
+            }
+        }
+        (twin, uploader) => failed.extend(
+            [twin.err(), uploader.err()]
+                .into_iter()
+                .flatten()
+                .map(panic_text),
+        ),
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default(),
+        Err(e) => e.to_string(),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // b. Websockets.
 // ---------------------------------------------------------------------------------------

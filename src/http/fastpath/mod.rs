@@ -20,6 +20,7 @@ mod chunked;
 mod request;
 mod response;
 mod rewind;
+mod send;
 mod write;
 
 pub use rewind::Rewind;
@@ -312,7 +313,7 @@ async fn answer(
             let uri = target.parse::<http::Uri>().unwrap_or_default();
             let resp = proxy::refusal(gw, &refused, html, Some(plan.req.host), &uri);
             let status = resp.status().as_u16();
-            let sent = write_response(stream, out, resp, plan.req.is_head(), close, gw.now()).await;
+            let sent = write_response(state, stream, out, resp, plan.req.is_head(), close).await;
             (status, sent)
         }
         Ok(grant) => {
@@ -373,7 +374,7 @@ async fn forward(
         let resp = error::credential_unattached(&grant.decision_id, false);
         return (
             500,
-            write_response(stream, out, resp, head_request, close, gw.now()).await,
+            write_response(state, stream, out, resp, head_request, close).await,
         );
     };
     let (xff, proto) = peer.forwarding(gw, client_ip, plan.req.headers);
@@ -426,12 +427,21 @@ async fn forward(
             let status = resp.status().as_u16();
             return (
                 status,
-                write_response(stream, out, resp, head_request, close, gw.now()).await,
+                write_response(state, stream, out, resp, head_request, close).await,
             );
         }
     };
     let mut sent = false;
-    match relay_body(&mut conn, head.framing, stream, out, &mut sent).await {
+    match relay_body(
+        &mut conn,
+        head.framing,
+        &state.heads,
+        stream,
+        out,
+        &mut sent,
+    )
+    .await
+    {
         Ok(()) => {
             // After a bodiless answer to a HEAD, or a 204/304 that announced a body, a naive
             // twin may still send that body later, on a connection another request would
@@ -451,7 +461,7 @@ async fn forward(
             let resp = error::bad_gateway(error::CANNOT_PASS_ON, &grant.decision_id);
             (
                 502,
-                write_response(stream, out, resp, head_request, close, gw.now()).await,
+                write_response(state, stream, out, resp, head_request, close).await,
             )
         }
         Err(e) => {
@@ -539,6 +549,7 @@ async fn send_and_read_head(
 async fn relay_body(
     conn: &mut RawConn,
     framing: Framing,
+    stalls: &Deadlines,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
     sent: &mut bool,
@@ -546,7 +557,7 @@ async fn relay_body(
     match framing {
         Framing::Empty => {
             *sent = true;
-            client.write_all(out).await?
+            send::all(stalls, client, out).await?
         }
         Framing::Length(mut left) => {
             let take = usize::try_from(left)
@@ -556,7 +567,7 @@ async fn relay_body(
             conn.buf.advance(take);
             left -= take as u64;
             *sent = true;
-            client.write_all(out).await?;
+            send::all(stalls, client, out).await?;
             while left > 0 {
                 conn.buf.clear();
                 conn.buf.reserve(RELAY_CHUNK);
@@ -566,7 +577,7 @@ async fn relay_body(
                 let take = usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(conn.buf.len());
-                client.write_all(&conn.buf[..take]).await?;
+                send::all(stalls, client, &conn.buf[..take]).await?;
                 conn.buf.advance(take);
                 left -= take as u64;
             }
@@ -578,7 +589,7 @@ async fn relay_body(
                 conn.buf.advance(used);
                 if !out.is_empty() {
                     *sent = true;
-                    client.write_all(out).await?;
+                    send::all(stalls, client, out).await?;
                     out.clear();
                 }
                 if chunks.is_done() {
@@ -598,7 +609,7 @@ async fn relay_body(
                 }
                 if !out.is_empty() {
                     *sent = true;
-                    client.write_all(out).await?;
+                    send::all(stalls, client, out).await?;
                     out.clear();
                 }
                 conn.buf.reserve(RELAY_CHUNK);
@@ -606,7 +617,7 @@ async fn relay_body(
                     break;
                 }
             }
-            client.write_all(write::LAST_CHUNK).await?;
+            send::all(stalls, client, write::LAST_CHUNK).await?;
         }
     }
     Ok(())
@@ -615,13 +626,14 @@ async fn relay_body(
 /// Writes one of the gateway's own responses (a refusal, 502, 504); their bodies are small
 /// and whole. Returns whether it was written.
 async fn write_response(
+    state: &AppState,
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
     resp: Response<Body>,
     head_request: bool,
     close: bool,
-    now: Timestamp,
 ) -> bool {
+    let now = state.gateway.now();
     let (parts, body) = resp.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
@@ -657,7 +669,7 @@ async fn write_response(
     if !head_request {
         out.extend_from_slice(&body);
     }
-    stream.write_all(out).await.is_ok()
+    send::all(&state.heads, stream, out).await.is_ok()
 }
 
 #[cfg(test)]
