@@ -36,7 +36,7 @@ use tokio::sync::watch;
 pub const IDLE: Duration = super::HEAD_TIMEOUT;
 /// How often a connection's activity is looked at: it ends between [`IDLE`] and
 /// `IDLE + CHECK` after its last byte.
-const CHECK: Duration = Duration::from_secs(5);
+pub(super) const CHECK: Duration = Duration::from_secs(5);
 
 /// What a connection is doing: the reads and writes that moved bytes, the requests in
 /// flight, and the waits for the client among them.

@@ -14,6 +14,7 @@ pub mod framing;
 pub mod headers;
 pub mod idle;
 pub mod proxy;
+pub mod splice;
 pub mod ui;
 pub mod upstream;
 

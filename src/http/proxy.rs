@@ -632,9 +632,7 @@ async fn forward(
         tokio::spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((c, u)) => {
-                    let mut c = TokioIo::new(c);
-                    let mut u = TokioIo::new(u);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    if let Err(e) = super::splice::splice(TokioIo::new(c), TokioIo::new(u)).await {
                         tracing::debug!(route = %route_name, error = %e, "websocket closed");
                     }
                 }

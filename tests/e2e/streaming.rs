@@ -243,8 +243,9 @@ async fn large_response_streams_to_the_client_with_backpressure() {
 
 /// Client-side stalls: a request that waits for its client (to take more of a response, or
 /// to send more of an upload) while no byte moves for 75 s has its connection closed, on
-/// either path and in either HTTP version; a client that pauses for less, and a twin that
-/// takes its time, are not cut off. All cases run at once.
+/// either path and in either HTTP version, and so does a websocket whose client takes
+/// nothing; a client that pauses for less, a twin that takes its time and a quiet
+/// websocket are not cut off. All cases run at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_takes_or_sends_nothing_for_75_s_mid_request_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -255,11 +256,13 @@ async fn a_client_that_takes_or_sends_nothing_for_75_s_mid_request_is_closed() {
     // A twin that reads an upload only after 85 s, then answers.
     let lazy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let lazy_addr = lazy.local_addr().unwrap();
+    let ws_up = WsUpstream::start().await;
     let gw = Gateway::start(GatewayOptions {
         routes: vec![
             RouteSpec::new("big", "/big", big.addr, "plant-7", 2),
             RouteSpec::new("echo", "/echo", echo.addr, "plant-7", 2),
             RouteSpec::new("lazy", "/lazy", lazy_addr, "plant-7", 2),
+            RouteSpec::new("ws", "/ws", ws_up.addr, "plant-7", 2),
         ],
         ..Default::default()
     });
@@ -378,6 +381,60 @@ async fn a_client_that_takes_or_sends_nothing_for_75_s_mid_request_is_closed() {
             );
         }));
     }
+
+    // A websocket client that sends to an echoing twin and reads nothing: once the echoes
+    // fill the buffers, the gateway waits for room on the client's side, and after 75 s
+    // closes the splice. Read after 85 s, the socket gives what it held, then its end.
+    let ws = ws_connect(&gw, "/ws/live", Some(&token))
+        .await
+        .unwrap_or_else(|r| panic!("upgrade refused: {r:?}"));
+    waits.push(tokio::spawn(async move {
+        let (mut sink, mut stream) = ws.split();
+        let sender = tokio::spawn(async move {
+            let msg = Message::binary(vec![7u8; MIB as usize]);
+            for _ in 0..256 {
+                if sink.send(msg.clone()).await.is_err() {
+                    break;
+                }
+            }
+            sink
+        });
+        tokio::time::sleep(STALL + Duration::from_secs(10)).await;
+        sender.abort();
+        let mut echoed = 0u64;
+        let end = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(Ok(m)) = stream.next().await {
+                echoed += m.len() as u64;
+            }
+        })
+        .await;
+        assert!(
+            end.is_ok(),
+            "websocket not read: still open after 105 s, {echoed} bytes echoed"
+        );
+        assert!(echoed < 256 * MIB, "websocket: {echoed} bytes echoed");
+    }));
+
+    // A quiet websocket, nothing sent either way for 80 s, stays open.
+    let mut quiet = ws_connect(&gw, "/ws/live", Some(&token))
+        .await
+        .unwrap_or_else(|r| panic!("upgrade refused: {r:?}"));
+    waits.push(tokio::spawn(async move {
+        for round in 0..2 {
+            if round > 0 {
+                tokio::time::sleep(STALL + Duration::from_secs(5)).await;
+            }
+            let msg = Message::text(format!("round {round}"));
+            quiet.send(msg.clone()).await.unwrap();
+            let echo = tokio::time::timeout(Duration::from_secs(10), quiet.next())
+                .await
+                .expect("echo in time");
+            assert!(
+                matches!(&echo, Some(Ok(m)) if *m == msg),
+                "quiet websocket, round {round}: {echo:?}"
+            );
+        }
+    }));
 
     // A client that stops reading for 60 s, then reads on, gets the whole body, and its
     // connection serves the next request.

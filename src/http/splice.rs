@@ -1,0 +1,125 @@
+//! Splicing an upgraded client connection (a websocket) to its twin's, byte for byte in
+//! both directions, until either side closes.
+//!
+//! A client that stops reading would hold both connections for good: the twin's bytes
+//! wait for room on the client's side. So once a write to the client has waited for room
+//! for [`IDLE`], with no byte taken meanwhile, both are closed, as an HTTP request that
+//! waits on its client is (`idle`). A connection on which nothing is sent either way is
+//! not cut off: a quiet websocket is normal.
+
+use super::idle::{CHECK, IDLE};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Copies between `client` and `twin` until one closes, an error, or the client has taken
+/// nothing for [`IDLE`] while bytes waited for it (`TimedOut`).
+pub async fn splice<C, T>(client: C, mut twin: T) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let waiting = Arc::new(Waiting::default());
+    let mut client = Watched {
+        inner: client,
+        waiting: waiting.clone(),
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut twin) => r.map(drop),
+        _ = waiting.lasts(IDLE) => Err(io::Error::new(io::ErrorKind::TimedOut, "the client took nothing")),
+    }
+}
+
+/// Since when a write to the client has waited for room, if one is waiting.
+#[derive(Default)]
+struct Waiting(Mutex<Option<Instant>>);
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // Plain data, consistent between any two statements.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn blocked(&self) {
+        self.lock().get_or_insert_with(Instant::now);
+    }
+
+    fn moved(&self) {
+        *self.lock() = None;
+    }
+
+    /// Returns once a wait has lasted `limit` (looked at every [`CHECK`]).
+    async fn lasts(&self, limit: std::time::Duration) {
+        let mut checks = tokio::time::interval(CHECK);
+        loop {
+            checks.tick().await;
+            if self.lock().is_some_and(|since| since.elapsed() >= limit) {
+                return;
+            }
+        }
+    }
+}
+
+/// The client's side, noting when its writes wait for room and when they move bytes.
+struct Watched<C> {
+    inner: C,
+    waiting: Arc<Waiting>,
+}
+
+impl<C> Watched<C> {
+    fn note<T>(&self, r: &Poll<io::Result<T>>) {
+        match r {
+            Poll::Pending => self.waiting.blocked(),
+            Poll::Ready(_) => self.waiting.moved(),
+        }
+    }
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Watched<C> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Watched<C> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(&r);
+        r
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
