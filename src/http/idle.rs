@@ -15,6 +15,7 @@
 //!   [`IDLE`] is closed outright (nginx's `client_body_timeout` and `send_timeout` bound
 //!   the same waits). A client that keeps sending or taking bytes, however slowly, is not
 //!   cut off.
+
 use axum::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
