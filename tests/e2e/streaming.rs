@@ -306,29 +306,41 @@ async fn a_client_that_takes_or_sends_nothing_for_75_s_mid_request_is_closed() {
         }));
     }
 
-    // An HTTP/1.1 upload that stops after 10 of its 1,000 bytes: closed, without an answer.
-    let head = format!(
-        "POST /echo/u HTTP/1.1\r\nHost: gw\r\n{auth}\r\nContent-Length: 1000\r\n\r\n0123456789"
-    );
-    waits.push(tokio::spawn(async move {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(head.as_bytes()).await.unwrap();
-        let waiting = Instant::now();
-        let mut more = Vec::new();
-        let end = tokio::time::timeout(STALL + Duration::from_secs(10), s.read_to_end(&mut more))
-            .await
-            .expect("HTTP/1.1 upload: still open after 85 s");
-        let waited = waiting.elapsed();
-        assert!(
-            end.is_err() || more.is_empty(),
-            "{}",
-            String::from_utf8_lossy(&more)
-        );
-        assert!(
-            waited >= STALL - Duration::from_secs(1) && waited < STALL + Duration::from_secs(7),
-            "HTTP/1.1 upload: closed after {waited:?}"
-        );
-    }));
+    // HTTP/1.1 uploads that stop after their first bytes, to a twin and to the gateway's
+    // own token endpoint: closed, without an answer.
+    for (case, head) in [
+        (
+            "HTTP/1.1 upload",
+            format!("POST /echo/u HTTP/1.1\r\nHost: gw\r\n{auth}\r\nContent-Length: 1000\r\n\r\n0123456789"),
+        ),
+        (
+            "HTTP/1.1 upload to the token endpoint",
+            "POST /.twinward/oauth/token HTTP/1.1\r\nHost: gw\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 500\r\n\r\ngrant_type="
+                .to_owned(),
+        ),
+    ] {
+        waits.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            let waiting = Instant::now();
+            let mut more = Vec::new();
+            let end =
+                tokio::time::timeout(STALL + Duration::from_secs(10), s.read_to_end(&mut more))
+                    .await
+                    .unwrap_or_else(|_| panic!("{case}: still open after 85 s"));
+            let waited = waiting.elapsed();
+            assert!(
+                end.is_err() || more.is_empty(),
+                "{case}: {}",
+                String::from_utf8_lossy(&more)
+            );
+            assert!(
+                waited >= STALL - Duration::from_secs(1) && waited < STALL + Duration::from_secs(7),
+                "{case}: closed after {waited:?}"
+            );
+        }));
+    }
 
     // HTTP/2: a response whose client grants no more flow-control window than the first
     // 64 KiB, and an upload that stops after its first bytes. The connection ends.
