@@ -16,6 +16,7 @@
 //!   the same waits). A client that keeps sending or taking bytes, however slowly, is not
 //!   cut off.
 
+use super::watched::{Observer, Watched, Wrote};
 use axum::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -24,13 +25,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 /// No byte in either direction for this long ends a connection.
@@ -99,79 +99,16 @@ impl Drop for ClientWait {
     }
 }
 
-/// A client connection's I/O, counting the reads and writes that moved bytes.
-struct Counted<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T> Counted<T> {
-    fn new(inner: T) -> (Self, Arc<Activity>) {
-        let activity = Arc::new(Activity::default());
-        (
-            Counted {
-                inner,
-                activity: activity.clone(),
-            },
-            activity,
-        )
+/// A connection's activity counts the reads and writes that moved bytes.
+impl Observer for Arc<Activity> {
+    fn read(&self) {
+        self.moved.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn note(&self) {
-        self.activity.moved.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.note();
+    fn wrote(&self, wrote: Wrote) {
+        if wrote == Wrote::Bytes {
+            self.moved.fetch_add(1, Ordering::Relaxed);
         }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.note();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.note();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -283,7 +220,11 @@ pub async fn serve_http<I, F, Fut>(
     F: Fn(Request<ClientBody>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let (io, activity) = Counted::new(io);
+    let activity = Arc::new(Activity::default());
+    let io = Watched {
+        inner: io,
+        observer: activity.clone(),
+    };
     let on_conn = activity.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let in_flight = InFlight::enter(&on_conn);

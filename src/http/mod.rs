@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod splice;
 pub mod ui;
 pub mod upstream;
+pub mod watched;
 
 use crate::access::Gateway;
 use crate::routing::path;

@@ -8,12 +8,11 @@
 //! not cut off: a quiet websocket is normal.
 
 use super::idle::{CHECK, IDLE};
+use super::watched::{Observer, Watched, Wrote};
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Copies between `client` and `twin` until one closes, an error, or the client has taken
 /// nothing for [`IDLE`] while bytes waited for it (`TimedOut`).
@@ -25,7 +24,7 @@ where
     let waiting = Arc::new(Waiting::default());
     let mut client = Watched {
         inner: client,
-        waiting: waiting.clone(),
+        observer: waiting.clone(),
     };
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut twin) => r.map(drop),
@@ -63,63 +62,13 @@ impl Waiting {
     }
 }
 
-/// The client's side, noting when its writes wait for room and when they move bytes.
-struct Watched<C> {
-    inner: C,
-    waiting: Arc<Waiting>,
-}
-
-impl<C> Watched<C> {
-    fn note<T>(&self, r: &Poll<io::Result<T>>) {
-        match r {
-            Poll::Pending => self.waiting.blocked(),
-            Poll::Ready(_) => self.waiting.moved(),
+/// The client's side: a write that waits for room starts a wait, and any write or flush
+/// that finishes ends it.
+impl Observer for Arc<Waiting> {
+    fn wrote(&self, wrote: Wrote) {
+        match wrote {
+            Wrote::Waiting => self.blocked(),
+            Wrote::Bytes | Wrote::Nothing => self.moved(),
         }
-    }
-}
-
-impl<C: AsyncRead + Unpin> AsyncRead for Watched<C> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<C: AsyncWrite + Unpin> AsyncWrite for Watched<C> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.note(&r);
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.note(&r);
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.inner).poll_flush(cx);
-        self.note(&r);
-        r
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
