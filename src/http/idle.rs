@@ -15,10 +15,21 @@
 //!   [`IDLE`] is closed outright (nginx's `client_body_timeout` and `send_timeout` bound
 //!   the same waits). A client that keeps sending or taking bytes, however slowly, is not
 //!   cut off.
+//! - On HTTP/2 the bytes that move tell nothing of one stream: a client can keep its
+//!   connection busy (PINGs, other streams) while it grants one stream no window or stops
+//!   its upload, and so hold up to `max_concurrent_streams` twin connections. So each
+//!   HTTP/2 wait for the client is timed on its own, and a connection on which one has
+//!   lasted [`IDLE`] is closed outright (hyper gives no handle to reset the one stream;
+//!   nginx resets the stream). A response is handed to hyper in pieces of at most
+//!   [`SLICE`] bytes, so that a wait for the client is a wait for that much of the
+//!   stream's window: a client taking a stream's bytes slowly, but more than [`SLICE`]
+//!   in [`IDLE`], is not cut off however large the twin's chunks are.
 
 use super::watched::{Observer, Watched, Wrote};
 use axum::body::Body;
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Frame;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -28,7 +39,7 @@ use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -38,6 +49,12 @@ pub const IDLE: Duration = super::HEAD_TIMEOUT;
 /// How often a connection's activity is looked at: it ends between [`IDLE`] and
 /// `IDLE + CHECK` after its last byte.
 pub(super) const CHECK: Duration = Duration::from_secs(5);
+/// The check intervals an HTTP/2 wait may span before its connection is closed, plus the
+/// one it began in: a wait that began in interval `i` is found still waiting at the start
+/// of interval `i + AGES`, when it has lasted at least `AGES - 1` whole intervals.
+const AGES: usize = (IDLE.as_secs() / CHECK.as_secs()) as usize + 1;
+/// The most of a response handed to hyper at once on HTTP/2 (one default DATA frame).
+pub(super) const SLICE: usize = 16 * 1024;
 
 /// What a connection is doing: the reads and writes that moved bytes, the requests in
 /// flight, and the waits for the client among them.
@@ -48,6 +65,10 @@ pub struct Activity {
     /// Response bodies whose last frame the client has not taken yet, and request bodies
     /// waiting for the client's next bytes.
     on_client: AtomicUsize,
+    /// The check interval the connection is in, counted from its start.
+    interval: AtomicUsize,
+    /// HTTP/2 waits for the client by the interval they began in, modulo [`AGES`].
+    began_in: [AtomicUsize; AGES],
 }
 
 impl Activity {
@@ -62,34 +83,72 @@ impl Activity {
     fn waits_on_client(&self) -> bool {
         self.on_client.load(Ordering::Relaxed) > 0
     }
+
+    /// Starts the next check interval; false when a wait begun [`AGES`] intervals ago
+    /// still lasts, the slot it counts in being the one the new interval reuses.
+    fn next_interval(&self) -> bool {
+        let next = self.interval.load(Ordering::Relaxed).wrapping_add(1);
+        if self.began_in[next % AGES].load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        self.interval.store(next, Ordering::Relaxed);
+        true
+    }
 }
 
-/// One wait for the client, counted in its connection's [`Activity`] while it lasts.
+/// One wait for the client, counted in its connection's [`Activity`] while it lasts, and
+/// on HTTP/2 also by the interval it began in.
 struct ClientWait {
     activity: Arc<Activity>,
-    waiting: bool,
+    timed: bool,
+    waiting: Waiting,
+}
+
+#[derive(Clone, Copy)]
+enum Waiting {
+    No,
+    Yes,
+    /// Counted in `began_in[slot]`.
+    Since(usize),
 }
 
 impl ClientWait {
-    fn new(activity: Arc<Activity>) -> Self {
+    /// A wait on a stream of an HTTP/2 connection (`timed`) or on an HTTP/1.1 one.
+    fn new(activity: Arc<Activity>, timed: bool) -> Self {
         ClientWait {
             activity,
-            waiting: false,
+            timed,
+            waiting: Waiting::No,
         }
     }
 
     fn begin(&mut self) {
-        if !self.waiting {
-            self.waiting = true;
-            self.activity.on_client.fetch_add(1, Ordering::Relaxed);
+        if !matches!(self.waiting, Waiting::No) {
+            return;
         }
+        let a = &self.activity;
+        a.on_client.fetch_add(1, Ordering::Relaxed);
+        self.waiting = if self.timed {
+            // A wait that reads a stale interval counts in the slot that interval shares
+            // with the current one, or in an older one: never as younger than it is.
+            let slot = a.interval.load(Ordering::Relaxed) % AGES;
+            a.began_in[slot].fetch_add(1, Ordering::Relaxed);
+            Waiting::Since(slot)
+        } else {
+            Waiting::Yes
+        };
     }
 
     fn end(&mut self) {
-        if self.waiting {
-            self.waiting = false;
-            self.activity.on_client.fetch_sub(1, Ordering::Relaxed);
+        let a = &self.activity;
+        match std::mem::replace(&mut self.waiting, Waiting::No) {
+            Waiting::No => return,
+            Waiting::Yes => {}
+            Waiting::Since(slot) => {
+                a.began_in[slot].fetch_sub(1, Ordering::Relaxed);
+            }
         }
+        a.on_client.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -122,12 +181,15 @@ impl InFlight {
         InFlight(activity.clone())
     }
 
-    /// `body`, holding this request in flight until it is dropped.
-    fn hold(self, body: Body) -> Body {
-        let taking = ClientWait::new(self.0.clone());
+    /// `body`, holding this request in flight until it is dropped; on HTTP/2 (`h2`) in
+    /// pieces of at most [`SLICE`] bytes, each wait for the client timed.
+    fn hold(self, body: Body, h2: bool) -> Body {
+        let taking = ClientWait::new(self.0.clone(), h2);
         Body::new(Held {
             body,
             taking,
+            slices: h2,
+            rest: None,
             _in: self,
         })
     }
@@ -145,31 +207,59 @@ struct Held {
     /// it has room for more (HTTP/1.1: its write buffer; HTTP/2: the client's flow-control
     /// window), so a wait that lasts is a client not taking what it was sent.
     taking: ClientWait,
+    /// Hand data to hyper in pieces of at most [`SLICE`] bytes.
+    slices: bool,
+    /// What is left of the last data frame, handed on before the body is read again.
+    rest: Option<Bytes>,
     _in: InFlight,
 }
 
+impl Held {
+    fn slice(&mut self, mut data: Bytes) -> Bytes {
+        if self.slices && data.len() > SLICE {
+            self.rest = Some(data.split_off(SLICE));
+        }
+        data
+    }
+}
+
 impl http_body::Body for Held {
-    type Data = bytes::Bytes;
+    type Data = Bytes;
     type Error = axum::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         self.taking.end();
-        let frame = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(frame, Poll::Ready(Some(Ok(_)))) {
-            self.taking.begin();
-        }
-        frame
+        let frame = match self.rest.take() {
+            Some(rest) => Frame::data(self.slice(rest)),
+            None => match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => Frame::data(self.slice(data)),
+                    Err(trailers) => trailers,
+                },
+                other => return Poll::Ready(other),
+            },
+        };
+        self.taking.begin();
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        let hint = self.body.size_hint();
+        let Some(rest) = &self.rest else { return hint };
+        let rest = rest.len() as u64;
+        let mut with_rest = http_body::SizeHint::new();
+        if let Some(upper) = hint.upper() {
+            with_rest.set_upper(upper.saturating_add(rest));
+        }
+        with_rest.set_lower(hint.lower().saturating_add(rest));
+        with_rest
     }
 }
 
@@ -190,7 +280,7 @@ impl http_body::Body for ClientBody {
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         self.sending.end();
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
         if frame.is_pending() {
@@ -228,11 +318,12 @@ pub async fn serve_http<I, F, Fut>(
     let on_conn = activity.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let in_flight = InFlight::enter(&on_conn);
+        let h2 = req.version() == http::Version::HTTP_2;
         let resp = handle(req.map(|inner| ClientBody {
             inner,
-            sending: ClientWait::new(on_conn.clone()),
+            sending: ClientWait::new(on_conn.clone(), h2),
         }));
-        async move { Ok::<_, Infallible>(resp.await.map(|b| in_flight.hold(b))) }
+        async move { Ok::<_, Infallible>(resp.await.map(|b| in_flight.hold(b, h2))) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = serve(conn.into_owned(), activity, stopping).await {
@@ -246,6 +337,8 @@ enum End {
     Quiet,
     /// A request waits on the client and no byte moved for [`IDLE`].
     Stalled,
+    /// An HTTP/2 stream has waited on the client for [`IDLE`].
+    Starved,
     /// The gateway is shutting down.
     Stopping,
 }
@@ -254,7 +347,8 @@ enum End {
 /// it is shut down gracefully, and closed outright if after [`CHECK`] more it is still
 /// open with none in flight: an HTTP/2 client that never answers the PING of a graceful
 /// shutdown would otherwise keep it. Once a request waits on the client and no byte moved
-/// for [`IDLE`], it is closed outright. When `stopping` turns true (the gateway's
+/// for [`IDLE`], or one HTTP/2 wait for the client has lasted that long, it is closed
+/// outright. When `stopping` turns true (the gateway's
 /// shutdown) it is shut down gracefully and served to its end.
 async fn serve<C: GracefulConnection>(
     conn: C,
@@ -271,6 +365,9 @@ async fn serve<C: GracefulConnection>(
             r = conn.as_mut() => return r,
             _ = stopping.wait_for(|s| *s) => break End::Stopping,
             now = checks.tick() => {
+                if !activity.next_interval() {
+                    break End::Starved;
+                }
                 let moved = activity.moved();
                 let on_twin = activity.busy() && !activity.waits_on_client();
                 if moved != seen || on_twin {
@@ -292,6 +389,12 @@ async fn serve<C: GracefulConnection>(
             tracing::debug!("closing a connection whose client took and sent nothing for {IDLE:?} while a request waited on it");
             return Ok(());
         }
+        End::Starved => {
+            tracing::debug!(
+                "closing an HTTP/2 connection on which a stream waited {IDLE:?} for its client"
+            );
+            return Ok(());
+        }
         End::Quiet => {}
     }
     conn.as_mut().graceful_shutdown();
@@ -305,5 +408,102 @@ async fn serve<C: GracefulConnection>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+
+    fn held(body: Body, h2: bool) -> (Arc<Activity>, Body) {
+        let activity = Arc::new(Activity::default());
+        let body = InFlight::enter(&activity).hold(body, h2);
+        (activity, body)
+    }
+
+    /// On HTTP/2 a twin's large chunk reaches hyper in pieces of at most [`SLICE`] bytes,
+    /// in order, with the trailers after them; on HTTP/1.1 as it came.
+    #[tokio::test]
+    async fn http2_responses_are_handed_on_in_slices() {
+        let chunk: Vec<u8> = (0..(2 * SLICE + 100)).map(|i| i as u8).collect();
+        let stream = || {
+            let frames = [
+                Frame::data(Bytes::from(chunk.clone())),
+                Frame::data(Bytes::from_static(b"tail")),
+                Frame::trailers(http::HeaderMap::new()),
+            ];
+            Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+                frames.map(Ok::<_, Infallible>),
+            )))
+        };
+        let (_, mut sliced) = held(stream(), true);
+        let mut sizes = Vec::new();
+        let mut data = Vec::new();
+        while let Some(frame) = sliced.frame().await {
+            match frame.unwrap().into_data() {
+                Ok(d) => {
+                    sizes.push(d.len());
+                    data.extend_from_slice(&d);
+                }
+                Err(f) => {
+                    assert!(f.is_trailers());
+                    sizes.push(0);
+                }
+            }
+        }
+        assert_eq!(sizes, [SLICE, SLICE, 100, 4, 0]);
+        assert_eq!(data, [chunk.as_slice(), b"tail"].concat());
+
+        let (_, mut whole) = held(stream(), false);
+        let first = whole.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), chunk.len());
+    }
+
+    /// What is left of a sliced chunk counts in the body's size and keeps it from ending.
+    #[tokio::test]
+    async fn a_slice_left_over_counts_in_the_size() {
+        let (_, mut body) = held(Body::from(vec![7u8; SLICE + 10]), true);
+        assert_eq!(body.size_hint().exact(), Some(SLICE as u64 + 10));
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), SLICE);
+        assert!(!body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(10));
+        let rest = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(rest.len(), 10);
+        assert!(body.frame().await.is_none());
+    }
+
+    /// An HTTP/2 wait for the client is found once it has spanned `AGES - 1` whole check
+    /// intervals ([`IDLE`]), not before; an ended wait, and an HTTP/1.1 one, never are.
+    #[test]
+    fn an_http2_wait_is_found_after_idle_intervals() {
+        let activity = Arc::new(Activity::default());
+        let mut timed = ClientWait::new(activity.clone(), true);
+        let mut untimed = ClientWait::new(activity.clone(), false);
+        let mut short = ClientWait::new(activity.clone(), true);
+        assert!(activity.next_interval());
+        timed.begin();
+        untimed.begin();
+        short.begin();
+        assert!(activity.waits_on_client());
+        for interval in 1..AGES {
+            if interval == 3 {
+                short.end();
+                short.begin();
+                short.end();
+            }
+            assert!(activity.next_interval(), "interval {interval}");
+        }
+        // The wait began in interval 1; interval 1 + AGES reuses its slot.
+        assert!(!activity.next_interval());
+        timed.end();
+        assert!(activity.next_interval());
+        for _ in 0..2 * AGES {
+            assert!(activity.next_interval());
+        }
+        drop(untimed);
+        assert!(!activity.waits_on_client());
     }
 }

@@ -244,8 +244,10 @@ async fn large_response_streams_to_the_client_with_backpressure() {
 /// Client-side stalls: a request that waits for its client (to take more of a response, or
 /// to send more of an upload) while no byte moves for 75 s has its connection closed, on
 /// either path and in either HTTP version, and so does a websocket whose client takes
-/// nothing; a client that pauses for less, a twin that takes its time and a quiet
-/// websocket are not cut off. All cases run at once.
+/// nothing; an HTTP/2 stream that waits for its client for 75 s has its connection closed
+/// even while other bytes move. A client that pauses for less, an HTTP/2 client that reads
+/// slowly, a twin that takes its time and a quiet websocket are not cut off. All cases run
+/// at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_takes_or_sends_nothing_for_75_s_mid_request_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -256,12 +258,16 @@ async fn a_client_that_takes_or_sends_nothing_for_75_s_mid_request_is_closed() {
     // A twin that reads an upload only after 85 s, then answers.
     let lazy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let lazy_addr = lazy.local_addr().unwrap();
+    // A twin that sends the start of a response, then pauses for 85 s.
+    let pausing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pausing_addr = pausing.local_addr().unwrap();
     let ws_up = WsUpstream::start().await;
     let gw = Gateway::start(GatewayOptions {
         routes: vec![
             RouteSpec::new("big", "/big", big.addr, "plant-7", 2),
             RouteSpec::new("echo", "/echo", echo.addr, "plant-7", 2),
             RouteSpec::new("lazy", "/lazy", lazy_addr, "plant-7", 2),
+            RouteSpec::new("pause", "/pause", pausing_addr, "plant-7", 2),
             RouteSpec::new("ws", "/ws", ws_up.addr, "plant-7", 2),
         ],
         ..Default::default()
@@ -343,21 +349,29 @@ async fn a_client_that_takes_or_sends_nothing_for_75_s_mid_request_is_closed() {
     }
 
     // HTTP/2: a response whose client grants no more flow-control window than the first
-    // 64 KiB, and an upload that stops after its first bytes. The connection ends.
-    for (case, method, path) in [
-        ("HTTP/2, no window granted", "GET", "/big/a"),
-        ("HTTP/2, upload stopped", "POST", "/echo/u"),
+    // 64 KiB, and an upload that stops after its first bytes. The connection ends, also
+    // when the client keeps it busy with a PING every 10 s: the stream's own wait counts.
+    for (case, method, path, pings) in [
+        ("HTTP/2, no window granted", "GET", "/big/a", false),
+        ("HTTP/2, upload stopped", "POST", "/echo/u", false),
+        ("HTTP/2, no window granted, PINGs", "GET", "/big/a", true),
+        ("HTTP/2, upload stopped, PINGs", "POST", "/echo/u", true),
     ] {
         let token = token.clone();
         waits.push(tokio::spawn(async move {
             let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-            let (mut send, conn) =
-                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .initial_stream_window_size(65_535)
-                    .initial_connection_window_size(65_535)
-                    .handshake(io)
-                    .await
-                    .unwrap();
+            let mut builder =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .initial_stream_window_size(65_535)
+                .initial_connection_window_size(65_535);
+            if pings {
+                builder
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_while_idle(true);
+            }
+            let (mut send, conn) = builder.handshake(io).await.unwrap();
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             let frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|f| (Ok::<_, Infallible>(f), rx))
@@ -394,6 +408,61 @@ async fn a_client_that_takes_or_sends_nothing_for_75_s_mid_request_is_closed() {
         }));
     }
 
+    // HTTP/2 streams that are not cut off: a client that takes a large response slowly
+    // (a 4 KiB window, one DATA frame every 5 s, about 800 bytes/s, after a first 2 MiB at
+    // full speed), however large the twin's chunks; and a response whose twin pauses
+    // 85 s mid-body.
+    let slow_reader = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            let mut body = h2_get(addr, "/big/slow", &token, 4096).await.into_body();
+            let mut got = 0u64;
+            let started = Instant::now();
+            while got < 2 * MIB {
+                let frame = body.frame().await;
+                got += frame_len(frame, "HTTP/2 slow reader, fast start", got);
+            }
+            while started.elapsed() < STALL + Duration::from_secs(15) {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                    .await
+                    .unwrap_or_else(|_| panic!("HTTP/2 slow reader: no frame after {got} bytes"));
+                got += frame_len(frame, "HTTP/2 slow reader", got);
+            }
+        })
+    };
+    let pausing_twin = tokio::spawn(async move {
+        let (mut s, _) = pausing.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed before its request head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nfirst")
+            .await
+            .unwrap();
+        tokio::time::sleep(STALL + Duration::from_secs(10)).await;
+        // The gateway may have given up on it.
+        let _ = s.write_all(b"last").await;
+    });
+    let h2_twin_pauses = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            use http_body_util::BodyExt;
+            let response = h2_get(addr, "/pause/x", &token, 65_535).await;
+            let body = tokio::time::timeout(STALL + Duration::from_secs(20), response.collect())
+                .await
+                .expect("HTTP/2, twin pausing: the body in time")
+                .map(|b| b.to_bytes());
+            assert!(
+                matches!(&body, Ok(b) if b.as_ref() == b"firstlast"),
+                "HTTP/2, twin pausing: {body:?}"
+            );
+        })
+    };
     // A websocket client that sends to an echoing twin and reads nothing: once the echoes
     // fill the buffers, the gateway waits for room on the client's side, and after 75 s
     // closes the splice. Read after 85 s, the socket gives what it held, then its end.
@@ -530,7 +599,10 @@ async fn a_client_that_takes_or_sends_nothing_for_75_s_mid_request_is_closed() {
 
     // Every case's outcome, not only the first failure's.
     let mut failed = Vec::new();
-    for w in waits.into_iter().chain([paused]) {
+    for w in waits
+        .into_iter()
+        .chain([paused, slow_reader, h2_twin_pauses, pausing_twin])
+    {
         if let Err(e) = w.await {
             failed.push(panic_text(e));
         }
@@ -549,6 +621,31 @@ async fn a_client_that_takes_or_sends_nothing_for_75_s_mid_request_is_closed() {
         ),
     }
     assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// A GET over a new HTTP/2 connection (prior knowledge) granting `window` bytes per stream.
+async fn h2_get(addr: SocketAddr, path: &str, token: &str, window: u32) -> Response<Incoming> {
+    let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(window)
+            .handshake(io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://gw{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send.send_request(req).await.unwrap()
+}
+
+/// The length of a response body's next frame, which must be one.
+fn frame_len(frame: Option<Result<Frame<Bytes>, hyper::Error>>, case: &str, got: u64) -> u64 {
+    match frame {
+        Some(Ok(f)) => f.data_ref().map_or(0, |d| d.len() as u64),
+        other => panic!("{case}: {other:?} after {got} bytes"),
+    }
 }
 
 fn panic_text(e: tokio::task::JoinError) -> String {
