@@ -36,6 +36,16 @@ pub struct Metrics {
     pub credentials_minted: Counter,
     pub store_errors: Counter,
     pub audit: AuditMetrics,
+    pub connections: ConnectionMetrics,
+}
+
+/// Client connections and the gateway-wide limit on them.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    /// Client connections being served.
+    pub open: Gauge,
+    /// Connections that found the limit reached and waited to be accepted.
+    pub limited: Counter,
 }
 
 /// The audit writer's progress, shared with its thread.
@@ -118,6 +128,17 @@ impl Metrics {
             "Times the audit queue passed a quarter full and the writer ran at normal priority (no idle CPU was left for it)",
             audit.takeovers.clone(),
         );
+        let connections = ConnectionMetrics::default();
+        registry.register(
+            "client_connections",
+            "Client connections being served",
+            connections.open.clone(),
+        );
+        registry.register(
+            "connection_limit_waits",
+            "Connections that found server.max_connections reached and waited in the listen backlog",
+            connections.limited.clone(),
+        );
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Metrics {
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -130,6 +151,7 @@ impl Metrics {
             credentials_minted,
             store_errors,
             audit,
+            connections,
         }
     }
 

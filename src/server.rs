@@ -6,6 +6,7 @@ use crate::audit::AuditEvent;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::credentials::keys;
+use crate::http::limit::{self, ConnectionLimit};
 use crate::metrics::Outcome;
 use crate::policy::reload::{self, ReloadOutcome};
 use std::net::SocketAddr;
@@ -51,18 +52,19 @@ pub async fn run(
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let listen = gw.config.server.listen;
+    let limit = Arc::new(connection_limit(&gw));
+    let max_connections = limit.max();
     let (public, workers) =
-        crate::http::spawn_workers(gw.clone(), listen, gw.config.server.workers, stop_rx).map_err(
-            |source| ServeError::Bind {
+        crate::http::spawn_workers(gw.clone(), listen, gw.config.server.workers, limit, stop_rx)
+            .map_err(|source| ServeError::Bind {
                 addr: listen,
                 source,
-            },
-        )?;
+            })?;
     let bound = Bound {
         public,
         admin: admin.as_ref().and_then(|a| a.local_addr().ok()),
     };
-    tracing::info!(listen = %bound.public, admin = ?bound.admin, routes = gw.routes.routes().len(), policy_generation = gw.engine.current().generation, "twinward is serving");
+    tracing::info!(listen = %bound.public, admin = ?bound.admin, routes = gw.routes.routes().len(), policy_generation = gw.engine.current().generation, max_connections, "twinward is serving");
     on_bound(bound);
 
     let watcher = {
@@ -100,6 +102,31 @@ pub async fn run(
     drop(gw);
     audit.shutdown(audit_task).await;
     Ok(())
+}
+
+/// The gateway-wide connection limit: `server.max_connections`, or fewer where the
+/// open-file limit, raised first as far as allowed, would not cover them.
+fn connection_limit(gw: &Gateway) -> ConnectionLimit {
+    let configured = gw.config.server.max_connections;
+    let max = match limit::raise_open_file_limit() {
+        Ok(open_files) => {
+            let max = limit::budget(configured, open_files);
+            if max < configured {
+                tracing::warn!(
+                    max_connections = max,
+                    configured,
+                    open_files,
+                    "serving fewer connections than server.max_connections: the open-file limit covers only these; raise it (LimitNOFILE=, ulimit -n)"
+                );
+            }
+            max
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            configured
+        }
+    };
+    ConnectionLimit::new(max, gw.metrics.connections.clone())
 }
 
 async fn report_reload(gw: &Gateway, outcome: ReloadOutcome) {

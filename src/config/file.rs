@@ -89,6 +89,8 @@ pub struct ServerFile {
     pub tls: Option<Spanned<TlsFile>>,
     /// Worker threads; defaults to the number of cores.
     pub workers: Option<Spanned<usize>>,
+    /// Client connections served at once.
+    pub max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

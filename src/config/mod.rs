@@ -105,7 +105,15 @@ pub struct ServerConfig {
     pub production_hosts: Vec<HostPattern>,
     pub tls: Option<TlsConfig>,
     pub workers: usize,
+    /// Client connections served at once, before the open-file limit is applied
+    /// (`http::limit`).
+    pub max_connections: usize,
 }
+
+/// `server.max_connections` when the config gives none.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The most `server.max_connections` may be.
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
@@ -672,6 +680,17 @@ impl Validator<'_> {
             Some(w) => w.into_inner(),
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        let max_connections = match raw.max_connections {
+            Some(m) if *m.get_ref() == 0 || *m.get_ref() > MAX_CONNECTIONS => {
+                self.problem_at(
+                    Some(m.span().start),
+                    format!("server.max_connections must be 1 to {MAX_CONNECTIONS}"),
+                );
+                DEFAULT_MAX_CONNECTIONS
+            }
+            Some(m) => m.into_inner(),
+            None => DEFAULT_MAX_CONNECTIONS,
+        };
         ServerConfig {
             listen,
             admin_listen,
@@ -681,6 +700,7 @@ impl Validator<'_> {
             production_hosts,
             tls,
             workers,
+            max_connections,
         }
     }
 

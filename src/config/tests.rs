@@ -510,3 +510,21 @@ fn values_of_the_wrong_type_do_not_hide_the_other_problems() {
         "{found:?}"
     );
 }
+
+#[test]
+fn max_connections_defaults_and_is_bounded() {
+    let ok = |text: &str| parse_str(text).unwrap().server.max_connections;
+    assert_eq!(ok(""), DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(ok("[server]\nmax_connections = 64\n"), 64);
+    for bad in ["0", "1000001"] {
+        let e =
+            parse_str(&format!("[server]\nworkers = 2\nmax_connections = {bad}\n")).unwrap_err();
+        assert!(
+            e.problems.iter().any(|p| p.position.map(|p| p.0) == Some(3)
+                && p.message
+                    .contains("server.max_connections must be 1 to 1000000")),
+            "{bad}: {:?}",
+            e.problems
+        );
+    }
+}

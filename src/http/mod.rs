@@ -13,6 +13,7 @@ pub mod fastpath;
 pub mod framing;
 pub mod headers;
 pub mod idle;
+pub mod limit;
 pub mod proxy;
 pub mod splice;
 pub mod ui;
@@ -223,6 +224,7 @@ pub fn spawn_workers(
     gateway: Arc<Gateway>,
     addr: SocketAddr,
     workers: usize,
+    limit: Arc<limit::ConnectionLimit>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, Vec<std::thread::JoinHandle<()>>)> {
     // Reserve the port (and learn it when the config asks for port 0) without listening,
@@ -234,6 +236,7 @@ pub fn spawn_workers(
     let mut handles = Vec::new();
     for i in 0..workers.max(1) {
         let gateway = gateway.clone();
+        let limit = limit.clone();
         let mut shutdown = shutdown.clone();
         let ready = ready_tx.clone();
         let handle = std::thread::Builder::new()
@@ -261,7 +264,7 @@ pub fn spawn_workers(
                         }
                     };
                     let _ = ready.send(Ok(()));
-                    serve(gateway, listener, async move {
+                    serve(gateway, listener, limit, async move {
                         let _ = shutdown.wait_for(|stop| *stop).await;
                     })
                     .await;
@@ -285,10 +288,12 @@ pub fn spawn_workers(
     Ok((bound, handles))
 }
 
-/// Serves one listener until `shutdown` resolves, then drains open connections.
+/// Serves one listener until `shutdown` resolves, then drains open connections. Accepts
+/// only while `limit` has room.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
+    limit: Arc<limit::ConnectionLimit>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let upstreams = Arc::new(upstream::Upstreams::new(gateway.routes.routes()));
@@ -317,6 +322,14 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // Waits with the connection accepted, not before accepting: a worker holding a
+        // place while it waited on its own listener would leave a connection queued on
+        // another's with a place free. So each worker holds at most one connection beyond
+        // the limit, unserved.
+        let admitted = tokio::select! {
+            a = limit.admit() => a,
+            _ = &mut shutdown => break,
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let router = router.clone();
@@ -329,10 +342,19 @@ pub async fn serve(
                 fastpath::Served::Done => return,
                 fastpath::Served::Handoff(stream, read) => (stream, read),
             };
-            let handle =
-                move |req: Request<ClientBody>| dispatch(state.clone(), router.clone(), peer, req);
+            // A websocket outlives the connection's HTTP serving: it takes the slot over.
+            let admitted = Arc::new(admitted);
+            let held = admitted.clone();
+            let handle = move |mut req: Request<ClientBody>| {
+                if req.headers().contains_key(http::header::UPGRADE) {
+                    req.extensions_mut()
+                        .insert(limit::ConnectionSlot(held.clone()));
+                }
+                dispatch(state.clone(), router.clone(), peer, req)
+            };
             let io = fastpath::Rewind::new(stream, read);
             idle::serve_http(&builder, io, stopping, handle).await;
+            drop(admitted);
             drop(watcher);
         });
     }

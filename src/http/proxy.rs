@@ -550,7 +550,11 @@ async fn forward(
         );
     };
     let client_upgrade = if websocket {
-        Some(hyper::upgrade::on(&mut req))
+        let slot = req
+            .extensions()
+            .get::<super::limit::ConnectionSlot>()
+            .cloned();
+        Some((hyper::upgrade::on(&mut req), slot))
     } else {
         None
     };
@@ -624,12 +628,14 @@ async fn forward(
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
+        let Some((client_upgrade, slot)) = client_upgrade else {
             return error::bad_gateway(error::SWITCHED_UNASKED, decision_id);
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let route_name = cfg.name.clone();
         tokio::spawn(async move {
+            // Counts against the connection limit until the websocket closes.
+            let _slot = slot;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((c, u)) => {
                     if let Err(e) = super::splice::splice(TokioIo::new(c), TokioIo::new(u)).await {

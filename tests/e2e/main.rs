@@ -4,6 +4,7 @@
 mod browser_smoke;
 mod cli;
 mod common;
+mod connections;
 mod credentials;
 mod demo;
 mod fast_path;

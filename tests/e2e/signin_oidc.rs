@@ -450,6 +450,7 @@ async fn an_unreachable_idp_is_a_clear_page_and_tools_keep_working() {
             port: Some(port),
             policies: None,
             files: vec![("secret".into(), "s3cret".into())],
+            ..Default::default()
         })
     });
     let r = sync(|| {

@@ -663,7 +663,7 @@ fn panic_text(e: tokio::task::JoinError) -> String {
 // b. Websockets.
 // ---------------------------------------------------------------------------------------
 
-async fn ws_connect(
+pub(crate) async fn ws_connect(
     gw: &Gateway,
     path: &str,
     bearer: Option<&str>,

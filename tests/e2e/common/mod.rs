@@ -324,6 +324,8 @@ pub struct GatewayOptions {
     pub policies: Option<Vec<(String, String)>>,
     /// Files (path relative to the gateway's directory, content) written before it starts.
     pub files: Vec<(String, String)>,
+    /// The open-file limit (soft, hard) the gateway starts with; the test's own otherwise.
+    pub open_files: Option<(u64, u64)>,
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
@@ -410,14 +412,31 @@ impl Gateway {
         let config = dir.path().join("twinward.toml");
         std::fs::write(&config, toml).unwrap();
         let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
-        let child = Command::new(bin())
+        let mut command = Command::new(bin());
+        command
             .args(["serve", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start twinward");
+            .stderr(log);
+        if let Some((soft, hard)) = opts.open_files {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: only setrlimit runs between fork and exec, on a struct of its own.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command.spawn().expect("start twinward");
         Gateway {
             dir,
             config,

@@ -115,6 +115,7 @@ rp_name = "Plant twins"
                 port: Some(port),
                 policies: Some(test_policies()),
                 files: vec![("oidc-client-secret".into(), idp.client_secret.clone())],
+                ..Default::default()
             })
         });
         SigninEnv {
