@@ -44,6 +44,9 @@ pub struct Metrics {
 pub struct ConnectionMetrics {
     /// Client connections being served.
     pub open: Gauge,
+    /// HTTP/2 streams in flight beyond the first of their connection, each holding a place
+    /// under the limit as a connection does.
+    pub streams: Gauge,
     /// Connections that found the limit reached and waited to be accepted.
     pub limited: Counter,
 }
@@ -135,8 +138,13 @@ impl Metrics {
             connections.open.clone(),
         );
         registry.register(
+            "client_http2_extra_streams",
+            "HTTP/2 streams in flight beyond the first of their connection, each counted against server.max_connections as a connection is",
+            connections.streams.clone(),
+        );
+        registry.register(
             "connection_limit_waits",
-            "Connections that found server.max_connections reached and waited in the listen backlog",
+            "Connections that found server.max_connections reached and waited, and HTTP/2 streams refused for it",
             connections.limited.clone(),
         );
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

@@ -5,14 +5,18 @@
 //! A gateway out of descriptors fails every client's requests and its own upkeep alike,
 //! and one that admits connections without bound can be made to hold them all by anyone
 //! who opens enough. So it serves at most `server.max_connections` client connections at
-//! once, fewer where the open-file limit would not cover them ([`budget`]). Past that a
+//! once, fewer where the open-file limit would not cover them ([`budget`]). An HTTP/2
+//! connection's streams beyond the first in flight take places too, since each may hold a
+//! twin connection of its own (200 of them on one client connection; see
+//! [`StreamPlaces`]). Past that a
 //! connection waits, unserved, until one closes, as with HAProxy's `maxconn`: each worker
 //! holds one such connection and stops accepting, and the rest wait in the listen backlog.
 //! Quiet connections close after 75 s (`idle`), so a limit reached by idle connections
 //! frees itself.
 
 use crate::metrics::ConnectionMetrics;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -72,10 +76,66 @@ pub struct ConnectionLimit {
     started: Instant,
 }
 
-/// Held for a client connection's life; a websocket takes it over from its connection.
+/// Held for a client connection's life (a websocket takes it over from its connection),
+/// or for an HTTP/2 stream's until its response is done.
 pub struct Admitted {
     _permit: OwnedSemaphorePermit,
-    metrics: ConnectionMetrics,
+    /// The gauge this place counts in.
+    open: Gauge,
+}
+
+/// The places of one HTTP/2 connection's streams. The connection's own place covers one
+/// stream in flight, as it covers an HTTP/1.1 connection's request; each further stream
+/// in flight takes a place of its own, or is refused (503) when none is free. Refused
+/// rather than made to wait: connections holding every place, each with a stream waiting
+/// for one more, would wait on each other for good.
+pub struct StreamPlaces {
+    limit: Arc<ConnectionLimit>,
+    own_free: Arc<AtomicBool>,
+}
+
+/// A stream's place, held until its response is done with.
+pub enum StreamPlace {
+    /// The connection's own; freed for the next stream when dropped.
+    Own(Arc<AtomicBool>),
+    /// A place of its own, held for its drop.
+    Extra(#[allow(dead_code)] Admitted),
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        if let StreamPlace::Own(free) = self {
+            free.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl StreamPlace {
+    /// `body`, holding this place until it is dropped.
+    pub fn hold(self, body: axum::body::Body) -> axum::body::Body {
+        use http_body_util::BodyExt;
+        axum::body::Body::new(body.map_frame(move |frame| {
+            let _held = &self;
+            frame
+        }))
+    }
+}
+
+impl StreamPlaces {
+    pub fn new(limit: Arc<ConnectionLimit>) -> Self {
+        StreamPlaces {
+            limit,
+            own_free: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// A place for one more stream in flight on this connection, if there is one.
+    pub fn take(&self) -> Option<StreamPlace> {
+        if self.own_free.swap(false, Ordering::AcqRel) {
+            return Some(StreamPlace::Own(self.own_free.clone()));
+        }
+        self.limit.try_admit_extra().map(StreamPlace::Extra)
+    }
 }
 
 /// A connection's [`Admitted`], in the extensions of a request that may upgrade: the
@@ -85,7 +145,7 @@ pub struct ConnectionSlot(pub Arc<Admitted>);
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.metrics.open.dec();
+        self.open.dec();
     }
 }
 
@@ -106,8 +166,27 @@ impl ConnectionLimit {
         self.max
     }
 
+    /// A place for a further HTTP/2 stream, if one is free now.
+    fn try_admit_extra(&self) -> Option<Admitted> {
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.metrics.streams.inc();
+                Some(Admitted {
+                    _permit: permit,
+                    open: self.metrics.streams.clone(),
+                })
+            }
+            Err(_) => {
+                self.metrics.limited.inc();
+                self.warn();
+                None
+            }
+        }
+    }
+
     /// Room for one more connection, waiting for one to close when there is none.
     pub async fn admit(&self) -> Admitted {
+        let open = &self.metrics.open;
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -120,10 +199,10 @@ impl ConnectionLimit {
                 }
             }
         };
-        self.metrics.open.inc();
+        open.inc();
         Admitted {
             _permit: permit,
-            metrics: self.metrics.clone(),
+            open: open.clone(),
         }
     }
 
@@ -179,6 +258,25 @@ mod tests {
             .expect("admitted once one closed")
             .unwrap();
         assert_eq!(metrics.open.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_serves_one_stream_in_its_own_place_and_more_in_free_ones() {
+        let metrics = ConnectionMetrics::default();
+        let limit = Arc::new(ConnectionLimit::new(2, metrics.clone()));
+        let _connection = limit.admit().await;
+        let streams = StreamPlaces::new(limit.clone());
+        let first = streams.take().expect("the connection's own place");
+        assert!(matches!(first, StreamPlace::Own(_)));
+        let second = streams.take().expect("the one free place");
+        assert!(matches!(second, StreamPlace::Extra(_)));
+        assert_eq!(metrics.streams.get(), 1);
+        assert!(streams.take().is_none(), "no place is left");
+        assert_eq!(metrics.limited.get(), 1);
+        drop(first);
+        assert!(matches!(streams.take(), Some(StreamPlace::Own(_))));
+        drop(second);
+        assert_eq!(metrics.streams.get(), 0);
     }
 
     #[test]

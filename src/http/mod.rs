@@ -288,6 +288,22 @@ pub fn spawn_workers(
     Ok((bound, handles))
 }
 
+/// An HTTP/2 stream refused because every place under `server.max_connections` is taken.
+fn at_the_limit() -> Response<Body> {
+    let mut response = error::problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        "the gateway is at its connection limit; retry shortly or on this connection once its other requests are done",
+        None,
+        false,
+    );
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    response
+}
+
 /// Serves one listener until `shutdown` resolves, then drains open connections. Accepts
 /// only while `limit` has room.
 pub async fn serve(
@@ -334,6 +350,7 @@ pub async fn serve(
         let state = state.clone();
         let router = router.clone();
         let builder = builder.clone();
+        let limit = limit.clone();
         // Held while the fast path serves the connection too, so shutdown waits for it.
         let watcher = graceful.watcher();
         let mut stopping = stopping.clone();
@@ -345,12 +362,32 @@ pub async fn serve(
             // A websocket outlives the connection's HTTP serving: it takes the slot over.
             let admitted = Arc::new(admitted);
             let held = admitted.clone();
+            let streams = limit::StreamPlaces::new(limit);
             let handle = move |mut req: Request<ClientBody>| {
                 if req.headers().contains_key(http::header::UPGRADE) {
                     req.extensions_mut()
                         .insert(limit::ConnectionSlot(held.clone()));
                 }
-                dispatch(state.clone(), router.clone(), peer, req)
+                let place = if req.version() == http::Version::HTTP_2 {
+                    match streams.take() {
+                        Some(place) => Some(place),
+                        None => {
+                            return futures_util::future::Either::Left(std::future::ready(
+                                at_the_limit(),
+                            ))
+                        }
+                    }
+                } else {
+                    None
+                };
+                let served = dispatch(state.clone(), router.clone(), peer, req);
+                futures_util::future::Either::Right(async move {
+                    let response = served.await;
+                    match place {
+                        Some(place) => response.map(|body| place.hold(body)),
+                        None => response,
+                    }
+                })
             };
             let io = fastpath::Rewind::new(stream, read);
             idle::serve_http(&builder, io, stopping, handle).await;

@@ -89,6 +89,117 @@ async fn past_max_connections_a_connection_waits_until_one_closes() {
     assert_served(&mut fifth, "once the idle ones closed").await;
 }
 
+/// A twin that answers each request with the start of its body at once and the rest 3 s
+/// later.
+async fn pausing_twin() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head_async(&mut s).await.is_none() {
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nfirst")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let _ = s.write_all(b"last").await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/2 connection's streams beyond the first in flight take places of their own
+/// (each may hold a twin connection), until their responses are done; one that finds none
+/// free is refused with 503 rather than made to wait; the connection's own place serves
+/// its next stream once the first is done. With `max_connections = 3`: one HTTP/2
+/// connection with three responses still streaming holds all three places.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_streams_beyond_the_first_take_places_of_their_own() {
+    use http_body_util::{BodyExt, Full};
+    let up = Upstream::start().await;
+    let pausing = pausing_twin().await;
+    let gw = Gateway::start(GatewayOptions {
+        routes: vec![
+            RouteSpec::new("plant", "/plant", up.addr, "plant-7", 2),
+            RouteSpec::new("pause", "/pause", pausing, "plant-7", 2),
+        ],
+        server_extra: "max_connections = 3".into(),
+        ..Default::default()
+    });
+    let token = gw.token("sim-7", &["sim-runner"], &[], "1d");
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        let mut send = send.clone();
+        let req = hyper::Request::get(format!("http://gw{path}"))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        async move {
+            let r = send.send_request(req).await.unwrap();
+            let status = r.status().as_u16();
+            let retry = r.headers().get("retry-after").cloned();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            (status, retry, body)
+        }
+    };
+    // Their heads come at once, the ends of their bodies 3 s later.
+    let slow: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(get(&format!("/pause/{i}"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        metric(&gw, "twinward_client_http2_extra_streams"),
+        Some(2.0)
+    );
+
+    // A fourth stream finds no place: refused at once, to be retried.
+    let (status, retry, _) = tokio::time::timeout(Duration::from_secs(2), get("/plant/x"))
+        .await
+        .expect("a stream past the limit is answered at once");
+    assert_eq!(status, 503);
+    assert_eq!(retry.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
+
+    // A new connection waits for a place.
+    let mut other = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request =
+        format!("GET /plant/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\r\n");
+    other.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(
+        answer_within(&mut other, Duration::from_millis(1500)).await,
+        None,
+        "a connection was served while three streams held every place"
+    );
+    for s in slow {
+        let (status, _, body) = s.await.unwrap();
+        assert_eq!((status, body.as_ref()), (200, &b"firstlast"[..]));
+    }
+    assert_served(&mut other, "once the streams were done").await;
+    assert_eq!(
+        metric(&gw, "twinward_client_http2_extra_streams"),
+        Some(0.0)
+    );
+
+    // With the last place taken by another connection, the HTTP/2 connection's own place
+    // still serves its next stream.
+    let mut filler = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    filler.write_all(request.as_bytes()).await.unwrap();
+    assert_served(&mut filler, "a third connection").await;
+    let (status, _, _) = get("/plant/y").await;
+    assert_eq!(
+        status, 200,
+        "the HTTP/2 connection's own place was not freed"
+    );
+}
+
 /// The gateway raises its soft open-file limit to the hard one, and serves no more
 /// connections than that limit covers (two descriptors each, 256 kept for the rest),
 /// saying so when that is fewer than configured.

@@ -595,6 +595,21 @@ pub fn raw(addr: SocketAddr, request: &str) -> std::io::Result<RawResponse> {
 }
 
 /// [`raw`] for a request that is not valid UTF-8 (raw bytes in the target).
+/// Reads from `s` until a request or response head has come whole; `None` if the peer
+/// closes (or fails) first. What came after the head is in the returned bytes too.
+pub async fn read_head_async(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(head)
+}
+
 pub fn raw_bytes(addr: SocketAddr, request: &[u8]) -> std::io::Result<RawResponse> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
