@@ -8,11 +8,12 @@
 //! once, fewer where the open-file limit would not cover them ([`budget`]). An HTTP/2
 //! connection's streams beyond the first in flight take places too, since each may hold a
 //! twin connection of its own (200 of them on one client connection; see
-//! [`StreamPlaces`]). Past that a
-//! connection waits, unserved, until one closes, as with HAProxy's `maxconn`: each worker
-//! holds one such connection and stops accepting, and the rest wait in the listen backlog.
-//! Quiet connections close after 75 s (`idle`), so a limit reached by idle connections
-//! frees itself.
+//! [`StreamPlaces`]).
+//!
+//! Past the limit a connection waits, unserved, until one closes, as with HAProxy's
+//! `maxconn`: each worker holds one such connection and stops accepting, and the rest wait
+//! in the listen backlog. Quiet connections close after 75 s (`idle`), so a limit reached
+//! by idle connections frees itself.
 
 use crate::metrics::ConnectionMetrics;
 use prometheus_client::metrics::gauge::Gauge;
