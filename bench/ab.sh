@@ -15,7 +15,8 @@
 #
 # Settings (environment): ROUNDS (default 6), DURATION (s per run, 8), CONNECTIONS (64),
 # THREADS (wrk threads, 2), WORKERS (twinward workers, default: cores), RATE (req/s, unset:
-# full load only), FULL (0: with RATE, the paced runs only), WITH_NGINX (1: measure nginx too).
+# full load only), FULL (0: with RATE, the paced runs only), WITH_NGINX (1: measure nginx too),
+# KEEP=1 keeps the temp directory (kept anyway when the run fails).
 # Needs wrk and curl (and nginx for WITH_NGINX=1); the upstream is examples/bench_upstream.rs,
 # built with the production profile if missing.
 set -euo pipefail
@@ -47,23 +48,14 @@ done
 BINS=("$(realpath "$1")" "$(realpath "$2")")
 for bin in "${BINS[@]}"; do [ -x "$bin" ] || die "$bin is not an executable"; done
 
-TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
-case "$TARGET" in /*) ;; *) TARGET="$REPO/$TARGET" ;; esac
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
+
+target_dir
 UPSTREAM_BIN="$TARGET/production/examples/bench_upstream"
 [ -x "$UPSTREAM_BIN" ] || (cd "$REPO" && cargo build --profile production --quiet --example bench_upstream)
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/twinward-ab.XXXXXX")"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# shellcheck source=bench/lib.sh
-source "$REPO/bench/lib.sh"
+work_dir ab
 
 free_port UP_PORT
 "$UPSTREAM_BIN" "127.0.0.1:$UP_PORT" 1 2>"$WORK/upstream.log" &

@@ -1,5 +1,36 @@
 # Helpers the bench scripts share; source it after defining `die MESSAGE`.
 
+# work_dir NAME: sets WORK, a new temporary directory for the run's files, and PIDS, to which
+# the caller adds the processes it starts. At exit those are stopped, and WORK is removed,
+# or kept and named when the run failed or KEEP=1.
+work_dir() {
+  WORK="$(mktemp -d "${TMPDIR:-/tmp}/twinward-$1.XXXXXX")"
+  PIDS=()
+  trap stop_and_clean EXIT
+  trap 'exit 130' INT TERM
+}
+
+stop_and_clean() {
+  local status=$?
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "${KEEP:-0}" = 1 ] || [ "$status" -ne 0 ]; then
+    echo "bench/$(basename "$0"): configs, logs and wrk output kept in $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+
+# target_dir: sets TARGET, cargo's target directory as an absolute path.
+target_dir() {
+  TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
+  case "$TARGET" in /*) ;; *) TARGET="$REPO/$TARGET" ;; esac
+}
+
 # Listening ports come from below the ephemeral range, so that no client socket (wrk's, the
 # proxies' upstream connections, anything else on the machine) can hold one by chance.
 EPHEMERAL_LOW="$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"

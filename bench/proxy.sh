@@ -53,32 +53,14 @@ for tool in wrk nginx curl cargo; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed (apt-get install wrk nginx curl)"
 done
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/twinward-bench.XXXXXX")"
-PIDS=()
-cleanup() {
-  local status=$?
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  if [ "${KEEP:-0}" = 1 ] || [ "$status" -ne 0 ]; then
-    echo "bench/proxy.sh: configs, logs and wrk output kept in $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
+work_dir bench
 
 # ---------------------------------------------------------------- build
 
-TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
-case "$TARGET" in /*) ;; *) TARGET="$REPO/$TARGET" ;; esac
+target_dir
 if [ -n "${TWINWARD_BIN:-}" ]; then
   # A/B runs: a twinward binary built elsewhere; the upstream must already be built.
   TWINWARD="$TWINWARD_BIN"

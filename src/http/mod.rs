@@ -350,7 +350,7 @@ pub async fn serve(
         let state = state.clone();
         let router = router.clone();
         let builder = builder.clone();
-        let limit = limit.clone();
+        let connection_limit = limit.clone();
         // Held while the fast path serves the connection too, so shutdown waits for it.
         let watcher = graceful.watcher();
         let mut stopping = stopping.clone();
@@ -362,7 +362,7 @@ pub async fn serve(
             // A websocket outlives the connection's HTTP serving: it takes the slot over.
             let admitted = Arc::new(admitted);
             let held = admitted.clone();
-            let streams = limit::StreamPlaces::new(limit);
+            let streams = limit::StreamPlaces::new(connection_limit);
             let handle = move |mut req: Request<ClientBody>| {
                 if req.headers().contains_key(http::header::UPGRADE) {
                     req.extensions_mut()
